@@ -1,0 +1,1 @@
+"""First-party training plugins, installed as ``cmrkit.plugins``."""

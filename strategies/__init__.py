@@ -1,0 +1,1 @@
+"""First-party routing strategies, installed as ``cmrkit.strategies``."""

@@ -1,0 +1,220 @@
+"""The routing strategy base: an Avalanche ``SupervisedTemplate`` for text minibatches.
+
+Where this template overrides Avalanche 0.6 behaviour, the reason is stated at the override:
+
+- data loaders: the stock train loader ignores a dataset's ``collate_fn`` when experiences have no
+  task labels, so both loaders are built here with the tokenising :class:`TextCollator`;
+- model adaptation: Avalanche also adapts the model during evaluation, which would give the router
+  rows for models it never trained on, so adaptation runs only while training;
+- optimizer: rebuilt for every experience with separate encoder and router learning rates,
+  because the head's parameter is replaced when it grows;
+- loss: cross-entropy weighted per sample (replayed prompts can weigh more).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from avalanche.training.plugins import EvaluationPlugin
+from avalanche.training.templates import SupervisedTemplate
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from cmrkit.encoder import TextCollator
+from cmrkit.router import Router
+
+logger = logging.getLogger("cmrkit.strategies")
+
+RoundCallback = Callable[[int], None]
+
+
+class RoutingTemplate(SupervisedTemplate):
+    """Base class of cmrkit's trainable routing strategies.
+
+    Args:
+        model: The router to train.
+        train: Training settings (``cmrkit.config.TrainSettings`` or a config node with the same
+            fields).
+        device: Torch device.
+        plugins: Avalanche plugins, run in list order.
+        evaluator: Avalanche evaluation plugin (normally with :class:`cmrkit.metrics.RoutingMetrics`).
+        progress: Show tqdm bars for training and evaluation epochs.
+        seed: Seed of the training data order.
+        plugin_manager: If given, notified through ``cmrkit_models_added`` when the head grows.
+        registry: The model registry passed to ``cmrkit_models_added``.
+    """
+
+    def __init__(
+        self,
+        *,
+        model: Router,
+        train: Any,
+        device: str | torch.device = "cpu",
+        plugins: Sequence[Any] | None = None,
+        evaluator: EvaluationPlugin | Callable[[], EvaluationPlugin] | None = None,
+        progress: bool = True,
+        seed: int = 0,
+        plugin_manager: Any = None,
+        registry: Any = None,
+    ) -> None:
+        self.settings = train
+        self.progress = progress
+        self.seed = seed
+        self.plugin_manager = plugin_manager
+        self.registry = registry
+        self.collator = TextCollator(model.encoder)
+        self.head_only_steps = 0
+        self.exp_steps = 0
+        placeholder = torch.optim.AdamW(model.parameters(), lr=float(train.lr_router))
+        super().__init__(
+            model=model,
+            optimizer=placeholder,
+            criterion=nn.CrossEntropyLoss(reduction="none"),
+            train_mb_size=int(train.batch_size),
+            train_epochs=int(train.epochs),
+            eval_mb_size=int(train.eval_batch_size),
+            device=device,
+            plugins=list(plugins or []),
+            evaluator=evaluator if evaluator is not None else EvaluationPlugin(),
+            eval_every=-1,
+        )
+
+    # -- minibatch parts ----------------------------------------------------------------------
+
+    @property
+    def mb_weights(self) -> Tensor:
+        """Per-sample loss weights of the current minibatch (1.0 for plain benchmark samples)."""
+        assert self.mbatch is not None
+        if len(self.mbatch) >= 4:
+            return self.mbatch[2]
+        return torch.ones(len(self.mb_y), device=self.device)
+
+    @property
+    def router(self) -> Router:
+        """The model, typed as a :class:`Router`."""
+        assert isinstance(self.model, Router)
+        return self.model
+
+    # -- Avalanche overrides ------------------------------------------------------------------
+
+    def make_train_dataloader(self, shuffle: bool = True, **kwargs: Any) -> None:
+        # The stock loader drops collate_fn for datasets without task labels (Avalanche 0.6).
+        generator = torch.Generator().manual_seed(self.seed + int(self.clock.train_exp_counter))
+        self.dataloader = DataLoader(
+            self.adapted_dataset,
+            batch_size=self.train_mb_size,
+            shuffle=shuffle,
+            collate_fn=self.collator,
+            generator=generator,
+        )
+
+    def make_eval_dataloader(self, **kwargs: Any) -> None:
+        self.dataloader = DataLoader(
+            self.adapted_dataset, batch_size=self.eval_mb_size, shuffle=False, collate_fn=self.collator
+        )
+
+    def model_adaptation(self, model: nn.Module | None = None) -> nn.Module:
+        # Avalanche adapts during evaluation too; a router must not grow rows it never trained.
+        model = model if model is not None else self.model
+        if not self.is_training:
+            return model.to(self.device)
+        before = set(self.router.head.seen_labels())
+        adapted = super().model_adaptation(model)
+        new = sorted(set(self.router.head.seen_labels()) - before)
+        if new:
+            logger.info("experience %d adds %d models to the router", self._exp_index(), len(new))
+            if self.plugin_manager is not None:
+                self.plugin_manager.notify_models_added(self.registry, new, self._exp_index())
+        return adapted
+
+    def make_optimizer(self, **kwargs: Any) -> None:
+        # Rebuilt per experience: the head's parameter is replaced when it grows, and the encoder
+        # and the router train at different learning rates.
+        settings = self.settings
+        encoder_params = [p for p in self.router.encoder.parameters() if p.requires_grad]
+        groups = [{"params": self.router.router_parameters(), "lr": float(settings.lr_router)}]
+        if encoder_params and not settings.freeze_encoder:
+            groups.append({"params": encoder_params, "lr": float(settings.lr_encoder)})
+        self.optimizer = torch.optim.AdamW(groups, weight_decay=float(settings.weight_decay))
+
+        batches = math.ceil(len(self.adapted_dataset) / self.train_mb_size) if self.adapted_dataset else 0
+        self.exp_steps = batches * self.train_epochs
+        first = self._exp_index() == 0
+        fraction = 0.0 if first else float(settings.head_only_fraction)
+        self.head_only_steps = int(round(fraction * self.exp_steps))
+
+    def forward(self) -> Tensor:
+        if self.encoder_frozen_now():
+            with torch.no_grad():
+                features = self.mb_x if isinstance(self.mb_x, Tensor) else self.router.encoder(self.mb_x)
+            return self.router.head(self.router.embed(features))
+        return self.router(self.mb_x)
+
+    def criterion(self) -> Tensor:
+        losses = F.cross_entropy(self.mb_output, self.mb_y, reduction="none")
+        weights = self.mb_weights
+        return (losses * weights).sum() / weights.sum().clamp(min=1e-8)
+
+    def optimizer_step(self) -> None:
+        clip = self.settings.grad_clip
+        if clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(clip))
+        self.optimizer.step()
+
+    def training_epoch(self, **kwargs: Any) -> None:
+        loader = self.dataloader
+        self.dataloader = tqdm(
+            loader,
+            desc=f"train E{self._exp_index() + 1} epoch {self.clock.train_exp_epochs + 1}/{self.train_epochs}",
+            leave=False,
+            disable=not self.progress,
+        )
+        try:
+            super().training_epoch(**kwargs)
+        finally:
+            self.dataloader = loader
+
+    def eval_epoch(self, **kwargs: Any) -> None:
+        loader = self.dataloader
+        self.dataloader = tqdm(
+            loader, desc=f"eval E{self._exp_index() + 1}", leave=False, disable=not self.progress
+        )
+        try:
+            super().eval_epoch(**kwargs)
+        finally:
+            self.dataloader = loader
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def encoder_frozen_now(self) -> bool:
+        """Whether the current step trains only the projection and head."""
+        if not self.is_training:
+            return True
+        if self.settings.freeze_encoder:
+            return True
+        return self.clock.train_exp_iterations < self.head_only_steps
+
+    def _exp_index(self) -> int:
+        experience = self.experience
+        return int(getattr(experience, "current_experience", 0)) if experience is not None else 0
+
+    def fit_stream(self, train_stream: Sequence[Any], test_stream: Sequence[Any],
+                   on_round_end: RoundCallback | None = None) -> None:
+        """Train on each experience in order, then evaluate on the test experiences seen so far.
+
+        Subclasses with another schedule (joint or cumulative training) override this method.
+        ``on_round_end(i)`` runs after the evaluation that follows training experience ``i``.
+        """
+        for index, experience in enumerate(train_stream):
+            logger.info("training experience %d/%d", index + 1, len(train_stream))
+            self.train(experience)
+            logger.info("evaluating on test experiences 1-%d", index + 1)
+            self.eval(test_stream[: index + 1])
+            if on_round_end is not None:
+                on_round_end(index)
