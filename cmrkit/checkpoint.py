@@ -137,7 +137,9 @@ def load_checkpoint(directory: str | Path) -> tuple[Router, ModelRegistry, DictC
 
     encoder_meta = meta["encoder"]
     encoder = QueryEncoder.from_saved_parts(
-        directory, name=encoder_meta["name"], max_length=int(encoder_meta["max_length"]),
+        directory,
+        name=encoder_meta["name"],
+        max_length=int(encoder_meta["max_length"]),
         pooling=encoder_meta["pooling"],
     )
     router = Router(encoder, dim=int(meta["dim"]), tau=float(meta["tau"]))

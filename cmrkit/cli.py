@@ -79,13 +79,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, help="Random seed.")
     run.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
     run.add_argument("--print-config", action="store_true", help="Print the resolved config and exit.")
-    run.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Config overrides, e.g. train.epochs=3.")
+    run.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="Config overrides, e.g. train.epochs=3."
+    )
     run.set_defaults(handler=command_run)
 
     route = commands.add_parser("route", help="Route prompts with a trained router checkpoint.")
     route.add_argument("--checkpoint", type=Path, required=True, help="Checkpoint folder from `cmrkit run`.")
     route.add_argument("prompts", nargs="*", metavar="PROMPT", help="Prompts to route.")
-    route.add_argument("--input", help="File of JSON Lines with a 'prompt' field, or plain text lines; - for stdin.")
+    route.add_argument(
+        "--input", help="File of JSON Lines with a 'prompt' field, or plain text lines; - reads stdin."
+    )
     route.add_argument("--top-k", type=int, default=5, help="Models per prompt (default 5).")
     route.add_argument("--output", type=Path, help="Write JSON Lines here instead of stdout.")
     route.set_defaults(handler=command_route)
@@ -286,47 +290,58 @@ def command_route(args: argparse.Namespace) -> int:
 
 
 def command_strategies(args: argparse.Namespace) -> int:
-    """List every installed strategy with the distribution that provides it."""
-    from cmrkit.pm import load_plugin_manager
+    """List every installed strategy with the plugin and distribution that provide it."""
+    from cmrkit.config import option_help
+    from cmrkit.pm import STRATEGY, load_plugin_manager
 
     manager = load_plugin_manager()
     rows = []
     for name, info in manager.strategies().items():
-        record = manager.provider("strategy", name)
+        record = manager.provider(STRATEGY, name)
+        options = option_help(info.config_class, prefix=f"strategies.{name}.") if info.config_class else []
         rows.append({
             "name": name, "description": info.description, "trainable": info.trainable,
             "plugin": record.name, "distribution": record.distribution, "version": record.version,
+            "options": [key for key, _, _ in options],
         })
     _print_rows(rows, ["name", "distribution", "version", "plugin", "description"], args.json)
     return 0
 
 
 def command_plugins(args: argparse.Namespace) -> int:
-    """List every registered plugin: what it provides, its distribution and its hooks."""
+    """List every registered plugin: what it provides, its distribution and version, its hooks."""
     from cmrkit.pm import load_plugin_manager
 
     manager = load_plugin_manager()
-    manager.strategies()  # builds the tables, which fills each record's "provides"
     rows = [
         {
             "name": record.name, "provides": record.provides, "distribution": record.distribution,
-            "version": record.version, "hooks": record.hooks,
+            "version": record.version, "module": record.module, "hooks": record.hooks,
         }
-        for record in manager.records.values()
+        for record in manager.plugin_records()
     ]
     _print_rows(rows, ["name", "distribution", "version", "provides", "hooks"], args.json)
     return 0
 
 
 def _print_rows(rows: list[dict[str, Any]], columns: list[str], as_json: bool) -> None:
+    """Print ``rows`` as JSON (every key, dataclasses as objects) or as a table of ``columns``."""
     if as_json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps(rows, indent=2, default=_json_value))
         return
     cells = [[_cell(row[column]) for column in columns] for row in rows]
     widths = [max([len(column), *(len(cell[i]) for cell in cells)]) for i, column in enumerate(columns)]
-    print("  ".join(column.upper().ljust(width) for column, width in zip(columns, widths, strict=True)))
-    for cell in cells:
+    header = [column.upper() for column in columns]
+    for cell in [header, *cells]:
         print("  ".join(value.ljust(width) for value, width in zip(cell, widths, strict=True)).rstrip())
+
+
+def _json_value(value: Any) -> Any:
+    from dataclasses import asdict, is_dataclass
+
+    if is_dataclass(value) and not isinstance(value, type):
+        return asdict(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 def _cell(value: Any) -> str:

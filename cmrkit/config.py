@@ -12,6 +12,7 @@ from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -31,7 +32,9 @@ class RunSettings:
     )
     seed: int = field(default=0, metadata={"help": "Seed for torch, numpy and Python's random."})
     device: str = field(default="cpu", metadata={"help": "Torch device, e.g. cpu or cuda:0."})
-    output: str | None = field(default=None, metadata={"help": "Output folder; default runs/<strategy>-<time>."})
+    output: str | None = field(
+        default=None, metadata={"help": "Output folder; default runs/<strategy>-<time>."}
+    )
     progress: bool = field(default=True, metadata={"help": "Show tqdm progress bars."})
     threads: int | None = field(default=None, metadata={"help": "torch intra-op threads; default torch's."})
 
@@ -56,7 +59,9 @@ class DataSettings:
 @dataclass
 class EncoderSettings:
     name: str = field(default="minilm", metadata={"help": "minilm, a Hugging Face id, or a local path."})
-    max_length: int = field(default=128, metadata={"help": "Maximum prompt length in tokens."})
+    # 64 tokens hold the whole prompt for about 90% of CMRBench prompts under MiniLM's tokenizer
+    # and halve CPU training time compared with 128.
+    max_length: int = field(default=64, metadata={"help": "Maximum prompt length in tokens."})
     pooling: str = field(default="mean", metadata={"help": "mean, cls or last."})
     lora: LoraSettings = field(default_factory=LoraSettings)
 
@@ -131,7 +136,7 @@ def build_config(
             raise ConfigError(f"config file not found: {path}")
         try:
             layers.append(OmegaConf.load(path))
-        except (OmegaConfBaseException, OSError, ValueError) as error:
+        except (OmegaConfBaseException, OSError, ValueError, yaml.YAMLError) as error:
             raise ConfigError(f"invalid config file {path}: {error}") from error
     if overrides:
         bad = [item for item in overrides if "=" not in item]
@@ -151,7 +156,9 @@ def build_config(
 
 
 def _short(error: Exception) -> str:
-    return str(error).splitlines()[0] if str(error) else type(error).__name__
+    message = str(error).splitlines()[0] if str(error) else type(error).__name__
+    key = getattr(error, "full_key", None)
+    return f"{key}: {message}" if key else message
 
 
 def option_help(config_class: type, prefix: str = "") -> list[tuple[str, str, str]]:

@@ -28,7 +28,9 @@ POOLINGS = ("mean", "cls", "last")
 class LoraSettings:
     """LoRA settings passed to ``peft.LoraConfig`` when the encoder trains through adapters."""
 
-    enabled: bool = field(default=False, metadata={"help": "Train LoRA adapters instead of all encoder weights."})
+    enabled: bool = field(
+        default=False, metadata={"help": "Train LoRA adapters instead of all encoder weights."}
+    )
     r: int = field(default=16, metadata={"help": "LoRA rank."})
     alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (lora_alpha)."})
     dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA branch."})
@@ -103,7 +105,9 @@ class QueryEncoder(nn.Module):
 
     def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
         """Return pooled embeddings of shape ``[batch, hidden_size]`` (not normalised)."""
-        inputs = {key: batch[key] for key in ("input_ids", "attention_mask", "token_type_ids") if key in batch}
+        inputs = {
+            key: batch[key] for key in ("input_ids", "attention_mask", "token_type_ids") if key in batch
+        }
         hidden = self.backbone(**inputs).last_hidden_state
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
 
@@ -133,9 +137,7 @@ class QueryEncoder(nn.Module):
         self._base_config().save_pretrained(directory / "encoder_config")
 
     @classmethod
-    def from_saved_parts(
-        cls, directory: Path, *, name: str, max_length: int, pooling: str
-    ) -> QueryEncoder:
+    def from_saved_parts(cls, directory: Path, *, name: str, max_length: int, pooling: str) -> QueryEncoder:
         """Build an encoder with random weights from :meth:`save_pretrained_parts` output.
 
         The caller loads the trained weights afterwards (see :mod:`cmrkit.checkpoint`).
@@ -150,10 +152,10 @@ class TextCollator:
     """Collate ``[prompt, label, (weight,) task]`` samples into tensors for a routing strategy.
 
     The minibatch is ``[BatchEncoding, labels, weights, task_labels]``; when samples carry
-    pre-computed float embeddings instead of text, the first element is their stacked tensor. Every element has a
-    ``.to()`` method because Avalanche's ``_unpack_minibatch`` moves each one to the device, and
-    task labels stay last because Avalanche reads them from ``mbatch[-1]``. Samples without a
-    weight (plain benchmark data) get weight 1.0.
+    pre-computed float embeddings instead of text, the first element is their stacked tensor.
+    Every element has a ``.to()`` method because Avalanche's ``_unpack_minibatch`` moves each
+    one to the device, and task labels stay last because Avalanche reads them from
+    ``mbatch[-1]``. Samples without a weight (plain benchmark data) get weight 1.0.
     """
 
     def __init__(self, encoder: QueryEncoder) -> None:

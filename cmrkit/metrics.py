@@ -113,7 +113,9 @@ class AccuracyMatrix:
         last = max(rows)
         drops = []
         for test_exp, final in rows[last].items():
-            earlier = [row[test_exp] for train_exp, row in rows.items() if train_exp < last and test_exp in row]
+            earlier = [
+                row[test_exp] for train_exp, row in rows.items() if train_exp < last and test_exp in row
+            ]
             if earlier:
                 drops.append(max(earlier) - final)
         return sum(drops) / len(drops) if drops else math.nan
@@ -215,8 +217,12 @@ class RoutingMetrics(PluginMetric[dict[str, float]]):
 
         stream = strategy.experience.origin_stream.name
         return [
-            MetricValue(self, f"{self._label(key)}_Exp/eval_phase/{stream}/Exp{test_exp:03d}", value,
-                        strategy.clock.train_iterations)
+            MetricValue(
+                self,
+                f"{self._label(key)}_Exp/eval_phase/{stream}/Exp{test_exp:03d}",
+                value,
+                strategy.clock.train_iterations,
+            )
             for key, value in values.items()
         ]
 
@@ -225,8 +231,12 @@ class RoutingMetrics(PluginMetric[dict[str, float]]):
             return []
         stream = strategy.experience.origin_stream.name
         return [
-            MetricValue(self, f"{self._label(key)}_Stream/eval_phase/{stream}",
-                        100.0 * hits / self._stream_count, strategy.clock.train_iterations)
+            MetricValue(
+                self,
+                f"{self._label(key)}_Stream/eval_phase/{stream}",
+                100.0 * hits / self._stream_count,
+                strategy.clock.train_iterations,
+            )
             for key, hits in self._stream_hits.items()
         ]
 

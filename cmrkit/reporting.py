@@ -11,10 +11,17 @@ from typing import Any
 from cmrkit.metrics import METRIC_KINDS, METRIC_LABELS, AccuracyMatrix
 
 SUMMARY_ROWS = (
-    ("M-Acc", "m_acc"), ("F-Acc", "f_acc"), ("D-Acc", "d_acc"),
-    ("M-Acc@3", "m_acc_top3"), ("F-Acc@3", "f_acc_top3"), ("D-Acc@3", "d_acc_top3"),
-    ("M-Acc@10", "m_acc_top10"), ("D-Acc@10", "d_acc_top10"),
-    ("M-forgetting", "m_forgetting"), ("F-forgetting", "f_forgetting"), ("D-forgetting", "d_forgetting"),
+    ("M-Acc", "m_acc"),
+    ("F-Acc", "f_acc"),
+    ("D-Acc", "d_acc"),
+    ("M-Acc@3", "m_acc_top3"),
+    ("F-Acc@3", "f_acc_top3"),
+    ("D-Acc@3", "d_acc_top3"),
+    ("M-Acc@10", "m_acc_top10"),
+    ("D-Acc@10", "d_acc_top10"),
+    ("M-forgetting", "m_forgetting"),
+    ("F-forgetting", "f_forgetting"),
+    ("D-forgetting", "d_forgetting"),
 )
 
 
@@ -34,7 +41,8 @@ def metrics_document(result: Any, *, strategy: str, plugins: list[str], variant:
         "experiences": result.experience_names,
         "summary": {key: _json_number(value) for key, value in result.summary.items()},
         "accuracy_matrix": {
-            key: [[_json_number(v) for v in row] for row in matrix.as_table(key, size)] for key in matrix.keys()
+            key: [[_json_number(v) for v in row] for row in matrix.as_table(key, size)]
+            for key in matrix.keys()
         },
         "accuracy_matrix_layout": "rows: after training experience i; columns: test experience j",
     }
@@ -79,8 +87,15 @@ def write_heatmaps(output_dir: Path, result: Any, title: str) -> Path:
         for i, row in enumerate(table):
             for j, value in enumerate(row):
                 if not math.isnan(value):
-                    axis.text(j, i, f"{value:.1f}", ha="center", va="center",
-                              color="white" if value < 60 else "black", fontsize=9)
+                    axis.text(
+                        j,
+                        i,
+                        f"{value:.1f}",
+                        ha="center",
+                        va="center",
+                        color="white" if value < 60 else "black",
+                        fontsize=9,
+                    )
         axis.set_xticks(range(len(names)), names)
         axis.set_yticks(range(len(names)), names)
         axis.set_xlabel("test experience")

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from cmrkit.data.records import INSTRUCTION_PREFIX
+from cmrkit.data.records import strip_instruction_prefix
 from cmrkit.data.registry import ModelRegistry
 from cmrkit.router import Router
 
@@ -46,19 +46,20 @@ def route_prompts(
             models = []
             for score, label in zip(row_scores, row_labels, strict=True):
                 card = registry.card(int(label))
-                models.append({
-                    "model": card.model_id,
-                    "score": round(score * router.head.tau, 6),
-                    "domain": card.domain,
-                    "family": card.family,
-                })
+                models.append(
+                    {
+                        "model": card.model_id,
+                        "score": round(score * router.head.tau, 6),
+                        "domain": card.domain,
+                        "family": card.family,
+                    }
+                )
             answers.append({"prompt": prompt, "models": models})
     return answers
 
 
 def _clean(prompt: str) -> str:
-    prompt = prompt.strip()
-    return prompt[len(INSTRUCTION_PREFIX):] if prompt.startswith(INSTRUCTION_PREFIX) else prompt
+    return strip_instruction_prefix(prompt.strip())
 
 
 def read_prompts(path: Path) -> Iterator[str]:

@@ -145,8 +145,12 @@ def run_experiment(
         benchmark = load_benchmark(config)
     device = torch.device(str(config.run.device))
     context = RunContext(
-        config=config, benchmark=benchmark, registry=benchmark.registry, device=device,
-        output_dir=output_dir, plugin_manager=manager,
+        config=config,
+        benchmark=benchmark,
+        registry=benchmark.registry,
+        device=device,
+        output_dir=output_dir,
+        plugin_manager=manager,
     )
 
     plugins = manager.build_training_plugins(plugin_names, context)
@@ -200,8 +204,12 @@ def _summary(matrix: AccuracyMatrix, meter: TrainingMeter, ks: list[int]) -> dic
 def _log_round(index: int, names: list[str], summary: dict[str, float]) -> None:
     logger.info(
         "after E%d (%s): M-Acc %.1f, F-Acc %.1f, D-Acc %.1f, D-Acc@3 %.1f (mean over seen test experiences)",
-        index + 1, names[index] if index < len(names) else "?", summary["m_acc"], summary["f_acc"],
-        summary["d_acc"], summary.get("d_acc_top3", float("nan")),
+        index + 1,
+        names[index] if index < len(names) else "?",
+        summary["m_acc"],
+        summary["f_acc"],
+        summary["d_acc"],
+        summary.get("d_acc_top3", float("nan")),
     )
 
 

@@ -8,6 +8,17 @@ in any test suite once cmrkit is installed:
 - ``cmrkit_synthetic_data``: a folder laid out like the CMRBench release (four experiences,
   JSON Lines files, a model-card registry) with a small synthetic hub; pass it as ``data.dir``.
 - ``cmrkit_config``: a factory of run configs wired to both, with one epoch and no progress bars.
+- ``cmrkit_plugin_manager``: a fresh plugin manager with cmrkit's own plugins only. Plugins a test
+  registers on it are unregistered at teardown, and during the test
+  :func:`cmrkit.pm.load_plugin_manager` returns it, so ``cmrkit.cli.main([...])`` and
+  :func:`cmrkit.runner.run_experiment` see them without an install.
+- ``cmrkit_run``: a factory that trains a strategy with training plugins over the synthetic
+  stream on the tiny encoder and returns the :class:`cmrkit.runner.RunResult`.
+
+Helpers for plugin authors: :class:`ModelsAddedRecorder` (a plugin that records
+``cmrkit_models_added`` calls), :func:`quick_run_config`, :func:`run_quick_experiment`,
+:func:`make_run_context` (a run context for calling a factory without training) and
+:func:`synthetic_replay_candidates` (input for a replay policy's ``select``).
 
 Nothing here touches the network. Heavy imports happen inside the functions, so loading the
 pytest plugin stays cheap.
@@ -15,15 +26,26 @@ pytest plugin stays cheap.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from cmrkit.data.records import EXPERIENCES
+from cmrkit.hookspecs import hookimpl
+from cmrkit.pm import CmrkitPluginManager, load_plugin_manager, use_plugin_manager
+
+if TYPE_CHECKING:
+    import torch
+    from omegaconf import DictConfig
+
+    from cmrkit.extensions import RunContext
+    from cmrkit.plugins.replay import ReplayCandidates
+    from cmrkit.runner import RunResult
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 DOMAINS = (
@@ -50,13 +72,15 @@ def make_tiny_encoder(directory: Path, *, hidden_size: int = 32, seed: int = 0,
     Returns the directory, which ``QueryEncoder(name=str(directory))`` loads like any local model.
     """
     import torch
-    from transformers import BertConfig, BertModel, BertTokenizerFast
+    from transformers import BertConfig, BertModel, BertTokenizer
 
     directory.mkdir(parents=True, exist_ok=True)
     vocab = synthetic_vocabulary(models_per_experience)
     (directory / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    # transformers 5 takes the vocabulary as `vocab` (a mapping or a file path), not `vocab_file`.
-    tokenizer = BertTokenizerFast(vocab={token: index for index, token in enumerate(vocab)}, do_lower_case=True)
+    # transformers 5 takes the vocabulary as `vocab` (a mapping or a file path), not `vocab_file`;
+    # there BertTokenizer is the fast tokenizer (BertTokenizerFast is the same class in 5.25).
+    word_ids = {token: index for index, token in enumerate(vocab)}
+    tokenizer = BertTokenizer(vocab=word_ids, do_lower_case=True)
     tokenizer.save_pretrained(directory)
 
     torch.manual_seed(seed)
@@ -191,3 +215,163 @@ def cmrkit_config(cmrkit_tiny_encoder: Path, cmrkit_synthetic_data: Path) -> Cal
         return tiny_run_config(cmrkit_tiny_encoder, cmrkit_synthetic_data, overrides, **build_kwargs)
 
     return make
+
+
+# -- plugin authors ------------------------------------------------------------------------------
+
+
+class ModelsAddedRecorder:
+    """Plugin object that records every ``cmrkit_models_added`` call as ``(labels, experience)``.
+
+    Register it to check that a strategy announces the models it adds, or to compare with what a
+    listener under test did.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[int], int]] = []
+
+    @hookimpl
+    def cmrkit_models_added(self, registry: Any, labels: list[int], experience: int) -> None:
+        """Record the call."""
+        self.calls.append((list(labels), experience))
+
+
+def quick_run_config(
+    encoder: Path,
+    data_dir: Path,
+    *,
+    manager: CmrkitPluginManager | None = None,
+    strategy: str = "naive",
+    plugins: Sequence[str] = (),
+    overrides: Sequence[str] = (),
+) -> DictConfig:
+    """A :func:`tiny_run_config` for ``strategy`` and ``plugins`` with their option defaults.
+
+    The option dataclasses of every strategy and training plugin that ``manager`` knows are merged
+    in (as ``cmrkit run`` does), so ``overrides`` may set ``strategies.<name>.*`` and
+    ``plugins.<name>.*`` keys and typos in them are rejected.
+    """
+    manager = manager if manager is not None else load_plugin_manager()
+    selected = [f"run.strategy={strategy}", f"run.plugins=[{','.join(plugins)}]"]
+    return tiny_run_config(
+        encoder, data_dir, [*selected, *overrides],
+        strategy_classes={name: info.config_class for name, info in manager.strategies().items()},
+        plugin_classes={name: info.config_class for name, info in manager.training_plugins().items()},
+    )
+
+
+def run_quick_experiment(
+    encoder: Path,
+    data_dir: Path,
+    *,
+    strategy: str = "naive",
+    plugins: Sequence[str] = (),
+    overrides: Sequence[str] = (),
+    manager: CmrkitPluginManager | None = None,
+    output_dir: Path | None = None,
+) -> RunResult:
+    """Train ``strategy`` with ``plugins`` over the synthetic stream and return the result.
+
+    With the defaults of :func:`tiny_run_config` (one epoch, a 1-layer encoder) a run over the
+    default synthetic data takes a few seconds on a CPU.
+    """
+    from cmrkit.runner import run_experiment
+
+    manager = manager if manager is not None else load_plugin_manager()
+    config = quick_run_config(
+        encoder, data_dir, manager=manager, strategy=strategy, plugins=plugins, overrides=overrides
+    )
+    return run_experiment(config, manager=manager, output_dir=output_dir)
+
+
+def make_run_context(config: DictConfig, manager: CmrkitPluginManager | None = None) -> RunContext:
+    """Load the benchmark of ``config.data`` and return the run context a factory receives.
+
+    Use it to call a training plugin's or strategy's factory directly, without training.
+    """
+    import torch
+
+    from cmrkit.extensions import RunContext
+    from cmrkit.runner import load_benchmark, seed_everything
+
+    seed_everything(int(config.run.seed))
+    benchmark = load_benchmark(config)
+    return RunContext(
+        config=config, benchmark=benchmark, registry=benchmark.registry,
+        device=torch.device(str(config.run.device)),
+        plugin_manager=manager if manager is not None else load_plugin_manager(),
+    )
+
+
+def synthetic_replay_candidates(
+    experience: int = 0, *, models: int = 6, prompts_per_model: int = 4, dim: int = 64, seed: int = 0
+) -> ReplayCandidates:
+    """Candidates shaped like one finished synthetic experience, for testing a replay policy.
+
+    Prompts come from the same generator as :func:`write_synthetic_cmrbench`; label ``i`` is the
+    experience's ``i``-th model. ``embed`` is a hashed bag of words (:func:`hashed_embeddings`),
+    so no encoder is loaded.
+    """
+    from cmrkit.plugins.replay import ReplayCandidates
+
+    rng = random.Random(seed)
+    rows = [
+        (index, _synthetic_row(experience, experience, index, rng))
+        for index in range(models)
+        for _ in range(prompts_per_model)
+    ]
+    return ReplayCandidates(
+        prompts=[row["instruction"] for _, row in rows],
+        labels=[index for index, _ in rows],
+        domains=[row["domain"] for _, row in rows],
+        families=[row["model_family"] for _, row in rows],
+        experience=experience,
+        embed=lambda prompts: hashed_embeddings(prompts, dim),
+    )
+
+
+def hashed_embeddings(prompts: Sequence[str], dim: int = 64) -> torch.Tensor:
+    """L2-normalised hashed bag-of-words rows ``[len(prompts), dim]``: a stand-in encoder."""
+    import torch
+
+    rows = torch.zeros(len(prompts), dim)
+    for row, prompt in enumerate(prompts):
+        for word in prompt.lower().split():
+            bucket = int.from_bytes(hashlib.blake2b(word.encode(), digest_size=4).digest(), "little")
+            rows[row, bucket % dim] += 1.0
+    return torch.nn.functional.normalize(rows, dim=1)
+
+
+@pytest.fixture()
+def cmrkit_plugin_manager() -> Iterator[CmrkitPluginManager]:
+    """A plugin manager with cmrkit's own plugins, used by the CLI and runner during the test.
+
+    Register the plugin under test with ``cmrkit_plugin_manager.register_plugin(plugin)``; it is
+    unregistered at teardown. Installed third-party plugins are not loaded; call
+    ``cmrkit_plugin_manager.load_entry_points(autoload=True)`` to test through an entry point.
+    """
+    manager = load_plugin_manager(autoload=False)
+    own = set(manager.records)
+    with use_plugin_manager(manager):
+        yield manager
+    for name in [name for name in manager.records if name not in own]:
+        manager.unregister_plugin(name)
+
+
+@pytest.fixture()
+def cmrkit_run(
+    cmrkit_tiny_encoder: Path, cmrkit_synthetic_data: Path, cmrkit_plugin_manager: CmrkitPluginManager
+) -> Callable[..., RunResult]:
+    """Factory: ``cmrkit_run("naive", ["replay"], ["plugins.replay.ratio=0.5"])`` returns a RunResult.
+
+    Runs with the ``cmrkit_plugin_manager`` of the test, so plugins registered there take part.
+    """
+
+    def run(strategy: str = "naive", plugins: Sequence[str] = (), overrides: Sequence[str] = (),
+            output_dir: Path | None = None) -> RunResult:
+        return run_quick_experiment(
+            cmrkit_tiny_encoder, cmrkit_synthetic_data, strategy=strategy, plugins=plugins,
+            overrides=overrides, manager=cmrkit_plugin_manager, output_dir=output_dir,
+        )
+
+    return run

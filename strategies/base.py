@@ -171,7 +171,8 @@ class RoutingTemplate(SupervisedTemplate):
         loader = self.dataloader
         self.dataloader = tqdm(
             loader,
-            desc=f"train E{self._exp_index() + 1} epoch {self.clock.train_exp_epochs + 1}/{self.train_epochs}",
+            desc=f"train E{self._exp_index() + 1} epoch "
+            f"{self.clock.train_exp_epochs + 1}/{self.train_epochs}",
             leave=False,
             disable=not self.progress,
         )
@@ -204,8 +205,12 @@ class RoutingTemplate(SupervisedTemplate):
         experience = self.experience
         return int(getattr(experience, "current_experience", 0)) if experience is not None else 0
 
-    def fit_stream(self, train_stream: Sequence[Any], test_stream: Sequence[Any],
-                   on_round_end: RoundCallback | None = None) -> None:
+    def fit_stream(
+        self,
+        train_stream: Sequence[Any],
+        test_stream: Sequence[Any],
+        on_round_end: RoundCallback | None = None,
+    ) -> None:
         """Train on each experience in order, then evaluate on the test experiences seen so far.
 
         Subclasses with another schedule (joint or cumulative training) override this method.

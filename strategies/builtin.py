@@ -13,6 +13,9 @@ from cmrkit.hookspecs import hookimpl
 @hookimpl
 def cmrkit_strategies() -> list[StrategyInfo]:
     """Declare ``naive`` and the other first-party strategies."""
+    from cmrkit.strategies.carve import STRATEGY as CARVE
     from cmrkit.strategies.naive import STRATEGY as NAIVE
+    from cmrkit.strategies.retrieval import BM25_STRATEGY, DENSE_STRATEGY
+    from cmrkit.strategies.schedules import CUMULATIVE_STRATEGY, JOINT_STRATEGY
 
-    return [NAIVE]
+    return [NAIVE, CARVE, BM25_STRATEGY, DENSE_STRATEGY, CUMULATIVE_STRATEGY, JOINT_STRATEGY]

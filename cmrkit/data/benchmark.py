@@ -6,7 +6,7 @@ returns a ``CMRBenchScenario`` with a train and a test stream. Each sample reads
 ``[x, label, task_label]`` with task label 0, where ``x`` is the prompt string or its frozen
 encoder embedding.
 
-Variants: "lite" trains on the upstream ``val`` split; "full" trains on the upstream ``train``
+Variants: "lite" trains on the upstream ``val`` split, and "full" trains on the upstream ``train``
 split followed by ``val``. Both test on the ``eval`` split.
 """
 
@@ -133,14 +133,14 @@ def cmrbench(
     """Build the CMRBench scenario.
 
     Args:
-        data_dir: Local copy of the release; see ``DataSource``. Mutually exclusive with ``source``.
+        data_dir: Local copy of the release (see ``DataSource``). Mutually exclusive with ``source``.
         variant: ``"lite"`` (train on ``val``) or ``"full"`` (train on ``train`` then ``val``;
             the upstream ``train`` files are not in every local copy).
         inputs: ``"text"`` for prompt strings or ``"embeddings"`` for frozen-encoder vectors.
         source: Ready-made data source, e.g. one with a custom cache or base URL.
-        encoder: Encoder for ``inputs="embeddings"``; see ``embeddings.resolve_encoder_path``.
+        encoder: Encoder for ``inputs="embeddings"``, as ``embeddings.resolve_encoder_path`` takes it.
             Ignored for text inputs.
-        embedding_cache_dir: Cache folder for embeddings; see ``embed_texts``.
+        embedding_cache_dir: Cache folder for embeddings, as in ``embed_texts``.
         max_models_per_experience: Keep, per experience, only the first N distinct models of its
             train split (in file order) and their records in both streams.
         max_prompts_per_model: Keep at most this many train prompts per model and experience,
@@ -149,7 +149,7 @@ def cmrbench(
 
     Raises:
         ValueError: An option has an invalid value.
-        DataNotFoundError: A release file is missing; see ``DataSource.path``.
+        DataNotFoundError: A release file is missing (see ``DataSource.path``).
         DataFormatError: A data file line is malformed.
         UnknownModelError: A record names a model id that the registry file lacks.
     """
@@ -173,16 +173,12 @@ def cmrbench(
     xs = _stream_inputs(records, inputs, encoder, embedding_cache_dir)
     datasets = {
         stream: [
-            make_classification_dataset(
-                stream_xs, [registry.label(r.model_id) for r in exp_records]
-            )
+            make_classification_dataset(stream_xs, [registry.label(r.model_id) for r in exp_records])
             for stream_xs, exp_records in zip(xs[stream], records[stream], strict=True)
         ]
         for stream in ("train", "test")
     }
-    timeline = with_classes_timeline(
-        benchmark_from_datasets(train=datasets["train"], test=datasets["test"])
-    )
+    timeline = with_classes_timeline(benchmark_from_datasets(train=datasets["train"], test=datasets["test"]))
     logger.info(
         "CMRBench-%s: %d train and %d test prompts over %d experiences, %d models",
         variant,
@@ -201,9 +197,7 @@ def cmrbench(
     )
 
 
-def _check_options(
-    variant: str, inputs: str, max_models: int | None, max_prompts: int | None
-) -> None:
+def _check_options(variant: str, inputs: str, max_models: int | None, max_prompts: int | None) -> None:
     if variant not in VARIANTS:
         raise ValueError(f"invalid variant {variant!r}: expected one of {', '.join(VARIANTS)}")
     if inputs not in INPUTS:
@@ -221,7 +215,7 @@ def read_stream_records(source: DataSource, variant: str) -> StreamRecords:
 
     Raises:
         DataNotFoundError: A file is missing. For the upstream ``train`` files of the full
-            variant, the message says that only the full variant needs them.
+            variant, the message explains that only the full variant needs them.
     """
     records: StreamRecords = {"train": [], "test": []}
     for experience, name in enumerate(EXPERIENCES):
@@ -232,9 +226,7 @@ def read_stream_records(source: DataSource, variant: str) -> StreamRecords:
             train += read_records(path, relpath=relpath, experience=experience, split="train")
 
         relpath = split_relpath(name, TEST_FILE_SPLIT)
-        test = read_records(
-            source.path(relpath), relpath=relpath, experience=experience, split="test"
-        )
+        test = read_records(source.path(relpath), relpath=relpath, experience=experience, split="test")
         records["train"].append(train)
         records["test"].append(test)
     return records
@@ -305,9 +297,7 @@ def slice_records(
     return sliced
 
 
-def _cap_prompts_per_model(
-    records: list[RoutingRecord], cap: int, rng: random.Random
-) -> list[RoutingRecord]:
+def _cap_prompts_per_model(records: list[RoutingRecord], cap: int, rng: random.Random) -> list[RoutingRecord]:
     positions: dict[str, list[int]] = {}
     for index, record in enumerate(records):
         positions.setdefault(record.model_id, []).append(index)
@@ -318,12 +308,10 @@ def _cap_prompts_per_model(
     return [record for index, record in enumerate(records) if index in keep]
 
 
-def build_registry(
-    records: StreamRecords, source: DataSource
-) -> tuple[ModelRegistry, list[list[int]]]:
+def build_registry(records: StreamRecords, source: DataSource) -> tuple[ModelRegistry, list[list[int]]]:
     """Label every model id by first appearance and attach its model card.
 
-    Experiences are visited in order; within one, train records come before test records.
+    Experiences are visited in order, and within one, train records come before test records.
     After each experience the new models get their first card from ``REGISTRY_RELPATH`` and
     ``notify_added`` runs with the new labels.
 
@@ -392,9 +380,7 @@ def _stream_inputs(
     All prompts go through one ``embed_texts`` call, so the encoder loads once and the whole
     scenario shares one cache file.
     """
-    prompts = {
-        stream: [[r.prompt for r in exp] for exp in records[stream]] for stream in ("train", "test")
-    }
+    prompts = {stream: [[r.prompt for r in exp] for exp in records[stream]] for stream in ("train", "test")}
     if inputs == "text":
         return {stream: list(per_exp) for stream, per_exp in prompts.items()}
 

@@ -1,9 +1,9 @@
 """Frozen-encoder prompt embeddings, computed in batches and cached on disk.
 
-``embed_texts`` encodes prompts with a Hugging Face ``transformers`` encoder (masked mean pooling
-over the last hidden states, then L2 normalisation) and stores the result as a safetensors file
-named after a hash of the encoder, the maximum length, the pooling and the exact prompt list, so
-a second call with the same inputs reads the file instead of running the encoder.
+``embed_texts`` encodes prompts with a Hugging Face ``transformers`` encoder: masked mean pooling
+over the last hidden states, then L2 normalisation. The result is stored as a safetensors file
+named after a hash of the encoder, the maximum length, the pooling and the exact prompt list. A
+second call with the same inputs reads that file instead of running the encoder.
 """
 
 from __future__ import annotations
@@ -82,12 +82,12 @@ def embed_texts(
 
     Args:
         texts: Prompts to embed.
-        encoder: ``None``/``"minilm"``, a Hugging Face id or a local folder; see
+        encoder: ``None``/``"minilm"``, a Hugging Face id or a local folder, resolved by
             ``resolve_encoder_path``.
         batch_size: Prompts per forward pass.
-        max_length: Token limit per prompt; longer prompts are truncated.
-        cache_dir: Cache folder; defaults to ``default_embedding_cache_dir()``.
-        device: Device for the forward passes; defaults to CUDA when available, else CPU.
+        max_length: Maximum tokens per prompt. Longer prompts are truncated.
+        cache_dir: Cache folder. The default is ``default_embedding_cache_dir()``.
+        device: Device for the forward passes. The default is CUDA when available, else CPU.
 
     Returns:
         A float32 CPU tensor ``[len(texts), hidden_size]`` whose rows have unit L2 norm, in the
@@ -99,9 +99,7 @@ def embed_texts(
         raise ValueError(f"invalid max_length {max_length}: expected 1 or more")
     texts = list(texts)
     encoder_key = _encoder_cache_name(encoder)
-    cache_root = (
-        Path(cache_dir).expanduser() if cache_dir is not None else default_embedding_cache_dir()
-    )
+    cache_root = Path(cache_dir).expanduser() if cache_dir is not None else default_embedding_cache_dir()
     cache_path = cache_root / f"{_cache_key(encoder_key, max_length, texts)}.safetensors"
 
     cached = _read_cache(cache_path, len(texts))
@@ -120,9 +118,7 @@ def embed_texts(
     tokenizer, model = load_encoder(path)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    embeddings = encode(
-        texts, tokenizer, model, batch_size=batch_size, max_length=max_length, device=device
-    )
+    embeddings = encode(texts, tokenizer, model, batch_size=batch_size, max_length=max_length, device=device)
 
     _write_cache(cache_path, embeddings, encoder=encoder_key, max_length=max_length)
     logger.info("cached %d prompt embeddings in %s", len(texts), cache_path)
@@ -151,7 +147,7 @@ def encode(
 ) -> torch.Tensor:
     """Mean-pool and L2-normalise the encoder's last hidden states for each prompt.
 
-    Prompts are batched longest first to cut padding; the result follows the input order.
+    Prompts are batched longest first to cut padding, and the result follows the input order.
     """
     hidden_size = int(model.config.hidden_size)
     output = torch.empty(len(texts), hidden_size, dtype=torch.float32)

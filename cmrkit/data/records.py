@@ -20,6 +20,7 @@ EXPERIENCES: tuple[str, ...] = ("apibench-hf", "mllm", "hugging-bench-1", "huggi
 """Upstream names of the four CMRBench experiences, E1 to E4, in stream order."""
 
 INSTRUCTION_PREFIX = "###Instruction: "
+INSTRUCTION_PREFIX_VARIANT = "### Instruction: "
 """Marker that starts the E1 (APIBench) and E2 (ToolMMBench) prompts upstream."""
 
 REQUIRED_FIELDS: tuple[str, ...] = ("model_name", "model_family", "instruction", "domain")
@@ -51,7 +52,7 @@ class RoutingRecord:
     """One prompt of CMRBench and the model id that should serve it."""
 
     prompt: str
-    """The ``instruction`` field, less a leading ``INSTRUCTION_PREFIX``; nothing else is changed."""
+    """The ``instruction`` field without a leading ``###Instruction: `` marker, otherwise unchanged."""
     model_id: str
     """The ``model_name`` field: a Hugging Face model id, the routing label."""
     family: str
@@ -69,13 +70,15 @@ class RoutingRecord:
 
 
 def strip_instruction_prefix(instruction: str) -> str:
-    """Remove one leading ``INSTRUCTION_PREFIX`` from a prompt; return other prompts unchanged.
+    """Remove one leading ``INSTRUCTION_PREFIX`` from a prompt and return the rest.
 
-    Only the exact marker is removed. Five upstream E1 prompts start with the variant
-    ``"### Instruction: "`` (a space after the hashes), and those keep it.
+    Prompts without the marker come back unchanged. The variant ``"### Instruction: "`` (a space
+    after the hashes), which five E1 prompts of the release at commit 712e77b carry, is removed
+    too.
     """
-    if instruction.startswith(INSTRUCTION_PREFIX):
-        return instruction[len(INSTRUCTION_PREFIX) :]
+    for prefix in (INSTRUCTION_PREFIX, INSTRUCTION_PREFIX_VARIANT):
+        if instruction.startswith(prefix):
+            return instruction[len(prefix) :]
     return instruction
 
 
@@ -84,7 +87,7 @@ def read_records(path: Path, *, relpath: str, experience: int, split: str) -> li
 
     Args:
         path: Local file to read (UTF-8).
-        relpath: Path of the file relative to the release root; it goes into each record's
+        relpath: Path of the file relative to the release root, stored in each record's
             ``source`` and into error messages.
         experience: 0-based experience index stored in each record.
         split: ``"train"`` or ``"test"``, stored in each record.
@@ -95,13 +98,11 @@ def read_records(path: Path, *, relpath: str, experience: int, split: str) -> li
     Raises:
         DataFormatError: A line is not UTF-8, not valid JSON or not a JSON object, or one of
             ``REQUIRED_FIELDS`` is missing, not a string or empty. Blank lines are skipped and
-            counted in a log line; no other line is dropped.
+            counted in a log line. No other line is dropped.
         ValueError: ``experience`` or ``split`` is out of range.
     """
     if not 0 <= experience < len(EXPERIENCES):
-        raise ValueError(
-            f"invalid experience index {experience}: expected 0 to {len(EXPERIENCES) - 1}"
-        )
+        raise ValueError(f"invalid experience index {experience}: expected 0 to {len(EXPERIENCES) - 1}")
     if split not in RECORD_SPLITS:
         raise ValueError(f"invalid split {split!r}: expected one of {', '.join(RECORD_SPLITS)}")
 
@@ -114,9 +115,7 @@ def read_records(path: Path, *, relpath: str, experience: int, split: str) -> li
                 blank_lines += 1
                 continue
             records.append(
-                _make_record(
-                    obj, relpath=relpath, line=line_number, experience=experience, split=split
-                )
+                _make_record(obj, relpath=relpath, line=line_number, experience=experience, split=split)
             )
 
     level = logging.INFO if blank_lines else logging.DEBUG
@@ -131,7 +130,7 @@ def read_records(path: Path, *, relpath: str, experience: int, split: str) -> li
 
 
 def parse_json_line(raw: bytes, *, relpath: str, line: int) -> dict[str, Any] | None:
-    """Decode one JSON Lines line into an object; return None for a blank line.
+    """Decode one JSON Lines line into an object, or return None for a blank line.
 
     Raises:
         DataFormatError: The line is not UTF-8, not valid JSON or not a JSON object.
@@ -146,22 +145,16 @@ def parse_json_line(raw: bytes, *, relpath: str, line: int) -> dict[str, Any] | 
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise DataFormatError(
-            relpath, line, f"invalid JSON: {exc.msg} at column {exc.colno}"
-        ) from exc
+        raise DataFormatError(relpath, line, f"invalid JSON: {exc.msg} at column {exc.colno}") from exc
     if not isinstance(obj, dict):
-        raise DataFormatError(
-            relpath, line, f"expected a JSON object, got a JSON {type(obj).__name__}"
-        )
+        raise DataFormatError(relpath, line, f"expected a JSON object, got a JSON {type(obj).__name__}")
     return obj
 
 
 def _make_record(
     obj: dict[str, Any], *, relpath: str, line: int, experience: int, split: str
 ) -> RoutingRecord:
-    values = {
-        name: required_string(obj, name, relpath=relpath, line=line) for name in REQUIRED_FIELDS
-    }
+    values = {name: required_string(obj, name, relpath=relpath, line=line) for name in REQUIRED_FIELDS}
     prompt = strip_instruction_prefix(values["instruction"])
     if not prompt.strip():
         raise DataFormatError(
@@ -189,9 +182,7 @@ def required_string(obj: dict[str, Any], field: str, *, relpath: str, line: int)
         raise DataFormatError(relpath, line, "missing required field", field=field)
     value = obj[field]
     if not isinstance(value, str):
-        raise DataFormatError(
-            relpath, line, f"expected a string, got {type(value).__name__}", field=field
-        )
+        raise DataFormatError(relpath, line, f"expected a string, got {type(value).__name__}", field=field)
     if not value.strip():
         raise DataFormatError(relpath, line, "empty string", field=field)
     return value

@@ -179,14 +179,14 @@ class ModelRegistry:
     # Lookup
 
     def label(self, model_id: str) -> int:
-        """Return the label of a model id; raise UnknownModelError if it has none."""
+        """Return the label of a model id, or raise UnknownModelError if it has none."""
         label = self._labels.get(model_id)
         if label is None:
             raise UnknownModelError(model_id, known_from="the model registry")
         return label
 
     def model_id(self, label: int) -> str:
-        """Return the model id of a label; raise IndexError if the label is out of range."""
+        """Return the model id of a label, or raise IndexError if the label is out of range."""
         return self._card_at(label).model_id
 
     def card(self, key: str | int) -> ModelCard:
@@ -230,7 +230,7 @@ class ModelRegistry:
     def domain_index(self, domain: str) -> int:
         """Return the stable id of a domain (in order of first appearance), or -1 if unknown.
 
-        The id is not the position in the sorted ``domains`` list; use ``domain_name`` to map
+        The id is not the position in the sorted ``domains`` list. Use ``domain_name`` to map
         an id back to its name.
         """
         return self._domain_ids.get(domain, -1)
@@ -260,7 +260,7 @@ class ModelRegistry:
         self._listeners.append(callback)
 
     def remove_listener(self, callback: ModelsAddedListener) -> None:
-        """Unregister a callback added with ``add_listener``; raise ValueError if absent."""
+        """Unregister a callback added with ``add_listener``, or raise ValueError if absent."""
         self._listeners.remove(callback)
 
     def notify_added(self, new_labels: Sequence[int], experience: int) -> None:
@@ -282,9 +282,7 @@ class ModelRegistry:
             "families": list(self._family_ids),
             "domains": list(self._domain_ids),
             "ignored_cards": self._ignored_cards,
-            "models": [
-                asdict(card) | {"has_card": card.model_id in self._has_card} for card in self
-            ],
+            "models": [asdict(card) | {"has_card": card.model_id in self._has_card} for card in self],
         }
         path.parent.mkdir(parents=True, exist_ok=True)
         handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".part")

@@ -1,4 +1,4 @@
-"""Where the CMRBench release files come from: a local folder, or a verified download cache.
+"""File access for the CMRBench release: a local folder, or a verified download cache.
 
 Files are addressed by their path relative to the root of the upstream repository
 (https://github.com/collagelab/CMR at ``UPSTREAM_COMMIT``), e.g.
@@ -70,8 +70,9 @@ SHA256: dict[str, str] = {
 }
 """SHA-256 of the release files at ``UPSTREAM_COMMIT``, by relative path.
 
-The upstream training splits (``cleaned-<experience>-train.json``) have no entry because no
-verified copy was available when these hashes were taken; they are downloaded unchecked.
+The upstream training splits (``cleaned-<experience>-train.json``) have no entry because the
+hashes were taken from a copy without them. Those files are downloaded unchecked and their hash is
+logged.
 """
 
 DATA_DIR_HINT = (
@@ -89,7 +90,7 @@ _NETWORK_ERRORS = (urllib.error.URLError, http.client.HTTPException, TimeoutErro
 class DataNotFoundError(FileNotFoundError):
     """A release file that is neither in the local folder nor in the cache, nor downloadable.
 
-    The message names the file and says how to point cmrkit at a local copy.
+    The message names the file and explains how to point cmrkit at a local copy.
     """
 
 
@@ -105,9 +106,7 @@ def split_relpath(experience: str, split: str) -> str:
         split: ``"train"``, ``"val"`` or ``"eval"`` (the upstream file-name splits).
     """
     if experience not in EXPERIENCES:
-        raise ValueError(
-            f"invalid experience {experience!r}: expected one of {', '.join(EXPERIENCES)}"
-        )
+        raise ValueError(f"invalid experience {experience!r}: expected one of {', '.join(EXPERIENCES)}")
     if split not in FILE_SPLITS:
         raise ValueError(f"invalid split {split!r}: expected one of {', '.join(FILE_SPLITS)}")
     return f"data/processed/cleaned-{experience}-{split}.json"
@@ -142,17 +141,17 @@ class DataSource:
 
     Args:
         data_dir: Root of a local copy of the release. ``None`` falls back to the environment
-            variable ``CMRKIT_DATA_DIR``; when that is unset too, files come from the cache.
+            variable ``CMRKIT_DATA_DIR``. When that is unset too, files come from the cache.
             With a local folder, nothing is downloaded.
-        cache_dir: Download cache; see ``default_cache_dir`` for the default.
-        base_url: URL that relative paths are appended to; it must end with "/".
+        cache_dir: Download cache. ``default_cache_dir`` gives the default.
+        base_url: URL that relative paths are appended to. It must end with "/".
         download: Whether a file missing from the cache may be downloaded.
         verify: Whether a downloaded file must match its expected SHA-256.
         timeout: Socket timeout of one download attempt, in seconds.
-        sha256: Expected hashes by relative path; defaults to ``SHA256``. Files without an
+        sha256: Expected hashes by relative path, by default ``SHA256``. Files without an
             entry are accepted unchecked and their hash is logged.
         retries: Download attempts per file before giving up.
-        retry_delay: Seconds to wait after the first failed attempt; doubles after each one.
+        retry_delay: Seconds to wait after the first failed attempt. It doubles after each one.
     """
 
     def __init__(
@@ -206,7 +205,7 @@ class DataSource:
         Raises:
             DataNotFoundError: The file is missing from the local folder, or it is not cached
                 and cannot be downloaded (download disabled, HTTP 404, or every retry failed).
-            ChecksumError: The downloaded file does not match its expected SHA-256; nothing
+            ChecksumError: The downloaded file does not match its expected SHA-256, and nothing
                 is left in the cache.
         """
         _check_relpath(relpath)
@@ -235,7 +234,7 @@ class DataSource:
         """Check every present file that has an expected hash, without downloading anything.
 
         Looks in the local folder, or in the cache when there is none. Returns the relative
-        paths that were checked; files that are absent are skipped.
+        paths that were checked. Absent files are skipped.
 
         Raises:
             ChecksumError: One or more files differ from their expected SHA-256 (all are listed).
@@ -276,7 +275,7 @@ class DataSource:
             if attempt < self.retries:
                 delay = self.retry_delay * 2 ** (attempt - 1)
                 logger.warning(
-                    "download of %s failed (attempt %d of %d): %s; retrying in %.1f s",
+                    "download of %s failed (attempt %d of %d): %s. Retrying in %.1f s",
                     url,
                     attempt,
                     self.retries,
@@ -286,7 +285,7 @@ class DataSource:
                 time.sleep(delay)
             else:
                 logger.warning(
-                    "download of %s failed (attempt %d of %d): %s; giving up",
+                    "download of %s failed (attempt %d of %d): %s. Giving up",
                     url,
                     attempt,
                     self.retries,
@@ -314,14 +313,12 @@ class DataSource:
         logger.info("downloaded %s to %s", url, destination)
 
     def _stream_to(self, url: str, sink: BinaryIO, *, label: str) -> str:
-        """Copy a URL's body into a binary file object; return the hex SHA-256 of the bytes."""
+        """Copy a URL's body into a binary file object and return the hex SHA-256 of the bytes."""
         digest = hashlib.sha256()
         with urllib.request.urlopen(url, timeout=self.timeout) as response:
             length = response.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
-            with tqdm(
-                total=total, unit="B", unit_scale=True, desc=label, leave=False, disable=None
-            ) as bar:
+            with tqdm(total=total, unit="B", unit_scale=True, desc=label, leave=False, disable=None) as bar:
                 for chunk in iter(lambda: response.read(_CHUNK_BYTES), b""):
                     digest.update(chunk)
                     sink.write(chunk)
@@ -331,7 +328,7 @@ class DataSource:
     def _check_hash(self, relpath: str, url: str, actual: str) -> None:
         expected = self.sha256.get(relpath)
         if expected is None:
-            logger.info("%s has no known SHA-256; accepted with SHA-256 %s", relpath, actual)
+            logger.info("%s has no known SHA-256, so it was accepted unchecked (SHA-256 %s)", relpath, actual)
             return
         if not self.verify:
             logger.info("SHA-256 check of %s skipped (verify=False)", relpath)
