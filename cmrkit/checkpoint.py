@@ -70,7 +70,7 @@ def save_checkpoint(
 
     save_file(_flat_state(router), str(staging / "router.safetensors"))
     router.encoder.save_pretrained_parts(staging)
-    meta = {
+    meta: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "kind": "router",
         "cmrkit_version": __version__,
@@ -99,7 +99,7 @@ def save_checkpoint(
 
 
 def _flat_state(router: Router) -> dict[str, torch.Tensor]:
-    backbone = router.encoder.backbone
+    backbone: Any = router.encoder.backbone
     if hasattr(backbone, "merge_and_unload"):  # peft model: save plain weights with adapters merged
         backbone = copy.deepcopy(backbone).merge_and_unload()
     state = {f"encoder.backbone.{key}": value for key, value in backbone.state_dict().items()}

@@ -1,4 +1,4 @@
-"""The ``cmrkit`` command line: ``run``, ``route``, ``strategies`` and ``plugins``.
+"""The ``cmrkit`` command line: ``run``, ``route``, ``compare``, ``strategies`` and ``plugins``.
 
 Exit codes: 0 success, 1 a failure during the work, 2 invalid arguments or configuration,
 130 interrupted (what finished is written first).
@@ -34,7 +34,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``cmrkit`` console script; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    _configure_console_logging(args.verbose)
+    package_logger = logging.getLogger("cmrkit")
+    previous_level = package_logger.level
+    console = _configure_console_logging(args.verbose)
     try:
         return int(args.handler(args))
     except UsageError as error:
@@ -50,6 +52,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.debug("failure", exc_info=True)
         print(f"cmrkit: error: {type(error).__name__}: {error}", file=sys.stderr)
         return EXIT_FAILURE
+    finally:
+        # Leave the logging setup as it was, so that calling main() in-process (tests,
+        # notebooks) does not change what other code logs.
+        package_logger.removeHandler(console)
+        package_logger.setLevel(previous_level)
 
 
 def _is_usage_error(error: Exception) -> bool:
@@ -93,6 +100,39 @@ def build_parser() -> argparse.ArgumentParser:
     route.add_argument("--top-k", type=int, default=5, help="Models per prompt (default 5).")
     route.add_argument("--output", type=Path, help="Write JSON Lines here instead of stdout.")
     route.set_defaults(handler=command_route)
+
+    compare = commands.add_parser(
+        "compare",
+        help="Run several strategies over the same stream and seeds, and tabulate them.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Run every entry once per seed on the same CMRBench stream and write comparison.md,\n"
+            "comparison.csv (mean and sample standard deviation over seeds), d_acc_over_stream.png\n"
+            "and runs/<label>/seed-<seed>/metrics.json. A failing run is listed with its error.\n\n"
+            "Entry syntax: [LABEL:]STRATEGY[+PLUGIN...][@KEY=VALUE[;KEY=VALUE...]]\n"
+            "  naive+ewc                                 naive with the ewc plugin\n"
+            "  naive+replay@plugins.replay.ratio=0.2     an override for this entry only\n"
+            "  replay-20:naive+replay@plugins.replay.ratio=0.2   the same, labelled replay-20\n"
+            "Overrides after '@' apply after the shared KEY=VALUE overrides; they may not set\n"
+            "run.strategy, run.plugins or run.seed. Commas inside brackets stay in the value."
+        ),
+    )
+    compare.add_argument(
+        "--strategies", required=True, metavar="LIST",
+        help="Comma-separated entries, e.g. naive,naive+ewc,naive+replay@plugins.replay.ratio=0.2.",
+    )
+    compare.add_argument(
+        "--seeds", default="0", help="Comma-separated seeds; each entry runs once per seed (default 0)."
+    )
+    compare.add_argument("--config", type=Path, help="YAML file merged over the defaults for every run.")
+    compare.add_argument("--data-dir", help="Local CMRBench copy (default $CMRKIT_DATA_DIR, else download).")
+    compare.add_argument("--output", type=Path, help="Output folder (default runs/compare-<time>).")
+    compare.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
+    compare.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE",
+        help="Config overrides for every entry, e.g. train.epochs=3.",
+    )
+    compare.set_defaults(handler=command_compare)
 
     strategies = commands.add_parser("strategies", help="List the installed strategies.")
     strategies.add_argument("--json", action="store_true", help="Print JSON instead of a table.")
@@ -239,16 +279,30 @@ def _attach_file_log(path: Path) -> logging.Handler:
     return handler
 
 
-def _configure_console_logging(verbose: bool) -> None:
+class _ConsoleHandler(logging.StreamHandler):
+    """Stream handler that writes to whatever ``sys.stderr`` is at the time of each message.
+
+    Looking the stream up per message keeps the handler valid when ``main`` runs several times
+    in one process under different stderr captures (tests, notebooks).
+    """
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
+def _configure_console_logging(verbose: bool) -> logging.Handler:
     root = logging.getLogger("cmrkit")
     root.setLevel(logging.DEBUG)
-    if any(getattr(h, "_cmrkit_console", False) for h in root.handlers):
-        return
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setLevel(logging.DEBUG if verbose else logging.INFO)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    handler._cmrkit_console = True  # type: ignore[attr-defined]
-    root.addHandler(handler)
+    console = _ConsoleHandler()
+    console.setLevel(logging.DEBUG if verbose else logging.INFO)
+    console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root.addHandler(console)
+    return console
 
 
 # -- route ----------------------------------------------------------------------------------
@@ -284,6 +338,59 @@ def command_route(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(lines)
     return 0
+
+
+# -- compare --------------------------------------------------------------------------------
+
+
+def command_compare(args: argparse.Namespace) -> int:
+    """Run several entries over the same stream and seeds; write the tables and the plot.
+
+    The outputs are rewritten after every run, so an interrupted comparison keeps what finished.
+    Returns 1 when any run failed (the tables list it with its error), else 0.
+    """
+    from cmrkit.compare import (
+        comparison_markdown,
+        parse_entries,
+        parse_seeds,
+        run_comparison,
+        write_comparison,
+    )
+    from cmrkit.pm import load_plugin_manager
+
+    try:
+        entries = parse_entries(args.strategies)
+        seeds = parse_seeds(args.seeds)
+    except ValueError as error:
+        raise UsageError(str(error)) from error
+    overrides = list(args.overrides)
+    if args.data_dir:
+        overrides.append(f"data.dir={json.dumps(str(args.data_dir))}")
+    if args.no_progress:
+        overrides.append("run.progress=false")
+
+    output_dir = args.output or Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
+    output_dir.mkdir(parents=True, exist_ok=True)
+    log_handler = _attach_file_log(output_dir / "compare.log")
+    logger.info("cmrkit %s: comparing %s over seeds %s, output %s", __version__,
+                ", ".join(entry.label for entry in entries), seeds, output_dir)
+    try:
+        comparison = run_comparison(
+            entries, seeds=seeds, output_dir=output_dir, config_file=args.config, overrides=overrides,
+            manager=load_plugin_manager(), on_run_end=lambda partial: write_comparison(partial, output_dir),
+        )
+    finally:
+        logging.getLogger("cmrkit").removeHandler(log_handler)
+        log_handler.close()
+
+    write_comparison(comparison, output_dir)
+    print(comparison_markdown(comparison), end="")
+    print(f"outputs: {output_dir}")
+    failed = comparison.failed_runs()
+    if failed:
+        print(f"cmrkit: {len(failed)} of {len(comparison.runs)} runs failed; see the error column",
+              file=sys.stderr)
+    return EXIT_FAILURE if failed else 0
 
 
 # -- listings -------------------------------------------------------------------------------

@@ -63,6 +63,10 @@ class EncoderSettings:
     # and halve CPU training time compared with 128.
     max_length: int = field(default=64, metadata={"help": "Maximum prompt length in tokens."})
     pooling: str = field(default="mean", metadata={"help": "mean, cls or last."})
+    trainable_layers: int | None = field(
+        default=None,
+        metadata={"help": "Train only the top N transformer layers (null: all); ignored with LoRA."},
+    )
     lora: LoraSettings = field(default_factory=LoraSettings)
 
 
@@ -79,7 +83,7 @@ class TrainSettings:
     batch_size: int = field(default=32, metadata={"help": "Training minibatch size (prompts)."})
     eval_batch_size: int = field(default=128, metadata={"help": "Evaluation minibatch size (prompts)."})
     lr_encoder: float = field(default=5e-5, metadata={"help": "AdamW learning rate of the encoder."})
-    lr_router: float = field(default=3e-3, metadata={"help": "AdamW learning rate of projection and head."})
+    lr_router: float = field(default=1e-2, metadata={"help": "AdamW learning rate of projection and head."})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
     grad_clip: float | None = field(default=1.0, metadata={"help": "Max gradient norm; null disables."})
     freeze_encoder: bool = field(default=False, metadata={"help": "Train only the projection and head."})

@@ -35,7 +35,9 @@ class LoraSettings:
     alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (lora_alpha)."})
     dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA branch."})
     target_modules: list[str] = field(
-        default_factory=lambda: ["query", "key", "value", "dense"],
+        # The attention projections of BERT-style encoders. "dense" would also match the pooler,
+        # whose output mean pooling never reads, so its adapter would never train.
+        default_factory=lambda: ["query", "key", "value"],
         metadata={"help": "Names of the encoder's linear layers that get adapters."},
     )
 
@@ -88,9 +90,10 @@ class QueryEncoder(nn.Module):
         return int(self._base_config().hidden_size)
 
     def _base_config(self) -> Any:
-        config = getattr(self.backbone, "config", None)
+        backbone: Any = self.backbone
+        config = getattr(backbone, "config", None)
         if config is None:  # peft wrappers keep the config on the base model
-            config = self.backbone.get_base_model().config
+            config = backbone.get_base_model().config
         return config
 
     def tokenize(self, texts: Sequence[str]) -> BatchEncoding:
@@ -117,6 +120,29 @@ class QueryEncoder(nn.Module):
             return hidden[:, 0]
         last = batch["attention_mask"].sum(dim=1).long() - 1
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+    def freeze_lower_layers(self, trainable_layers: int) -> None:
+        """Freeze the embeddings and all but the top ``trainable_layers`` transformer layers.
+
+        Autograd then builds no graph below the first trainable layer, so a training step costs a
+        forward pass plus the backward pass of the top layers only.
+
+        Raises:
+            ValueError: If ``trainable_layers`` is negative or the backbone has no layer list.
+        """
+        layers = _transformer_layers(self.backbone)
+        if trainable_layers < 0 or layers is None:
+            raise ValueError(
+                f"invalid encoder.trainable_layers {trainable_layers}: use a count from 0 to the "
+                "encoder's depth, with an encoder whose layers sit in an `encoder.layer` list"
+            )
+        frozen = max(len(layers) - trainable_layers, 0)
+        for parameter in self.backbone.parameters():
+            parameter.requires_grad = False
+        for layer in list(layers)[frozen:]:
+            for parameter in layer.parameters():
+                parameter.requires_grad = True
+        logger.info("encoder: training the top %d of %d layers", len(layers) - frozen, len(layers))
 
     def enable_lora(self, settings: LoraSettings) -> None:
         """Wrap the backbone with fresh LoRA adapters; only adapter weights stay trainable."""
@@ -146,6 +172,14 @@ class QueryEncoder(nn.Module):
         backbone = AutoModel.from_config(config)
         tokenizer = AutoTokenizer.from_pretrained(directory / "tokenizer")
         return cls(name, max_length=max_length, pooling=pooling, backbone=backbone, tokenizer=tokenizer)
+
+
+def _transformer_layers(backbone: nn.Module) -> nn.ModuleList | None:
+    """The list of transformer blocks of a BERT-style (``encoder.layer``) or decoder model (``layers``)."""
+    for name, module in backbone.named_modules():
+        if isinstance(module, nn.ModuleList) and (name.endswith("encoder.layer") or name.endswith("layers")):
+            return module
+    return None
 
 
 class TextCollator:

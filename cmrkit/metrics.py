@@ -15,6 +15,7 @@ one; the stream forgetting averages it over every test experience except the las
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from typing import Any
 import torch
 from avalanche.evaluation import PluginMetric
 from avalanche.evaluation.metric_results import MetricValue
+from avalanche.logging import BaseLogger
 from torch import Tensor
 
 METRIC_KINDS = ("m_acc", "f_acc", "d_acc")
@@ -247,3 +249,21 @@ class RoutingMetrics(PluginMetric[dict[str, float]]):
 
     def __str__(self) -> str:
         return "RoutingMetrics"
+
+
+class LoggingMetricsLogger(BaseLogger):
+    """Avalanche logger that forwards every metric value to the ``cmrkit.metrics`` Python logger.
+
+    Values go out at DEBUG level, so they land in a run's ``run.log`` without cluttering the
+    console.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._logger = logging.getLogger("cmrkit.metrics")
+
+    def log_single_metric(self, name: str, value: Any, x_plot: int) -> None:
+        if isinstance(value, float):
+            self._logger.debug("%s = %.2f (iteration %d)", name, value, x_plot)
+        else:
+            self._logger.debug("%s = %s (iteration %d)", name, value, x_plot)

@@ -8,8 +8,8 @@ Rules, all tested in ``tests/test_plugin_manager.py`` and described for plugin a
   distribution name and entry-point name, so the install order never matters. Two
   distributions that use the same entry-point name are an error.
 - Autoload switch: ``CMRKIT_DISABLE_PLUGIN_AUTOLOAD`` set to ``1``, ``true``, ``yes`` or ``on``
-  registers only the entry points of the ``cmrkit`` distribution; other distributions' plugins
-  are listed in :attr:`CmrkitPluginManager.skipped` and never imported.
+  registers only the entry points of the ``cmrkit`` distribution. Other distributions' plugins
+  are never imported, and :attr:`CmrkitPluginManager.skipped` lists them.
 - Order: training plugins selected with ``--plugins a,b`` (or ``run.plugins: [a, b]``) become
   Avalanche plugins in exactly the written order. Each training plugin contributes its Avalanche
   plugins in the order its factory returns them, and the runner appends cmrkit's training meter
@@ -100,7 +100,7 @@ class PluginWarning(UserWarning):
 
 
 def env_flag(name: str) -> bool:
-    """Whether environment variable ``name`` is set to ``1``, ``true``, ``yes`` or ``on``."""
+    """Return whether environment variable ``name`` is set to ``1``, ``true``, ``yes`` or ``on``."""
     return os.environ.get(name, "").strip().lower() in _TRUE_VALUES
 
 
@@ -118,7 +118,7 @@ class Provided:
 
 @dataclass
 class PluginRecord:
-    """What cmrkit knows about one registered plugin.
+    """Metadata of one registered plugin.
 
     Attributes:
         name: Registration name (the entry-point name for installed plugins).
@@ -239,8 +239,9 @@ class CmrkitPluginManager(pluggy.PluginManager):
         try:
             registered = super().register(plugin, name=plugin_name)
         except (pluggy.PluginValidationError, ValueError) as error:
+            message = self._invalid_message(plugin_name, distribution, error)
             self._discard(plugin_name, plugin)
-            raise PluginError(self._invalid_message(plugin_name, distribution, error)) from error
+            raise PluginError(message) from error
         if registered is None:
             return None
 
@@ -248,8 +249,9 @@ class CmrkitPluginManager(pluggy.PluginManager):
             self.check_pending()
             self._reject_wrappers(plugin_name, distribution)
         except pluggy.PluginValidationError as error:
+            message = self._invalid_message(plugin_name, distribution, error)
             self._discard(plugin_name, plugin)
-            raise PluginError(self._invalid_message(plugin_name, distribution, error)) from error
+            raise PluginError(message) from error
         except PluginError:
             self._discard(plugin_name, plugin)
             raise
@@ -266,7 +268,7 @@ class CmrkitPluginManager(pluggy.PluginManager):
         self.unregister(name=name)
 
     def unregister(self, plugin: object | None = None, name: str | None = None) -> Any | None:
-        """pluggy's ``unregister``, which also forgets the plugin's record."""
+        """pluggy's ``unregister``, which also removes the plugin's record."""
         if name is None and plugin is not None:
             name = self.get_name(plugin)
         removed = super().unregister(plugin=plugin, name=name)
@@ -347,8 +349,10 @@ class CmrkitPluginManager(pluggy.PluginManager):
             close = difflib.get_close_matches(hook, self.hook_names(), n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
             message += f" Hook {hook} has no hookspec{hint}."
-        if unknown or isinstance(error, pluggy.PluginValidationError):
+        if unknown:
             message += f" cmrkit's hooks are: {', '.join(self.hook_names())}."
+        elif isinstance(error, pluggy.PluginValidationError):
+            message += " A hook implementation may take only arguments of its hookspec in cmrkit.hookspecs."
         return message
 
     def _unknown_hooks(self, plugin_name: str) -> list[str]:
@@ -504,20 +508,20 @@ class CmrkitPluginManager(pluggy.PluginManager):
         return self._tables[kind]
 
     def plugin_records(self) -> list[PluginRecord]:
-        """Every registered plugin in registration order, with ``provides`` filled in."""
+        """Return every registered plugin in registration order, with ``provides`` filled in."""
         self._table(STRATEGY)
         return list(self.records.values())
 
     def strategies(self) -> dict[str, StrategyInfo]:
-        """Every declared strategy, keyed and sorted by name."""
+        """Return every declared strategy, keyed and sorted by name."""
         return {name: entry[1] for name, entry in sorted(self._table(STRATEGY).items())}
 
     def training_plugins(self) -> dict[str, TrainingPluginInfo]:
-        """Every declared training plugin, keyed and sorted by name."""
+        """Return every declared training plugin, keyed and sorted by name."""
         return {name: entry[1] for name, entry in sorted(self._table(TRAINING_PLUGIN).items())}
 
     def replay_policies(self) -> dict[str, ReplayPolicyInfo]:
-        """Every declared replay policy, keyed and sorted by name."""
+        """Return every declared replay policy, keyed and sorted by name."""
         return {name: entry[1] for name, entry in sorted(self._table(REPLAY_POLICY).items())}
 
     def provider(self, kind: str, name: str) -> PluginRecord:

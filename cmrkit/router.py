@@ -44,6 +44,7 @@ class ModelEmbeddingHead(DynamicModule):
         self.tau = tau
         self.init_std = init_std
         self.weight = nn.Parameter(torch.empty(0, dim))
+        self.seen: Tensor
         self.register_buffer("seen", torch.zeros(0, dtype=torch.bool))
         self.row_initializer: RowInitializer | None = None
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from omegaconf import DictConfig
 from cmrkit.config import ConfigError
 from cmrkit.encoder import QueryEncoder
 from cmrkit.extensions import RunContext
-from cmrkit.metrics import AccuracyMatrix, RoutingMetrics, summarize
+from cmrkit.metrics import AccuracyMatrix, LoggingMetricsLogger, RoutingMetrics, summarize
 from cmrkit.pm import CmrkitPluginManager, load_plugin_manager
 from cmrkit.router import CardRowInitializer, Router
 
@@ -47,6 +48,8 @@ def build_encoder(config: DictConfig) -> QueryEncoder:
     encoder = QueryEncoder(settings.name, max_length=int(settings.max_length), pooling=str(settings.pooling))
     if settings.lora.enabled:
         encoder.enable_lora(settings.lora)
+    elif settings.trainable_layers is not None:
+        encoder.freeze_lower_layers(int(settings.trainable_layers))
     return encoder
 
 
@@ -159,7 +162,7 @@ def run_experiment(
         benchmark.registry.family_ids(), benchmark.registry.domain_ids(), ks=list(config.eval.top_k)
     )
     evaluator = EvaluationPlugin(metrics, loggers=_avalanche_loggers(output_dir))
-    strategy = strategy_info.factory(context, [*plugins, meter], evaluator)
+    strategy = manager.build_strategy(strategy_info.name, context, [*plugins, meter], evaluator)
 
     names = list(benchmark.experience_names)
     result = RunResult(metrics.matrix, {}, strategy, context, complete=False, experience_names=names)
@@ -171,7 +174,10 @@ def run_experiment(
         if on_round_end is not None:
             on_round_end(result)
 
-    strategy.fit_stream(benchmark.train_stream, benchmark.test_stream, on_round_end=round_end)
+    try:
+        strategy.fit_stream(benchmark.train_stream, benchmark.test_stream, on_round_end=round_end)
+    finally:
+        _close_loggers(evaluator)
     result.summary = _summary(metrics.matrix, meter, list(config.eval.top_k))
     return result
 
@@ -213,10 +219,18 @@ def _log_round(index: int, names: list[str], summary: dict[str, float]) -> None:
     )
 
 
-def _avalanche_loggers(output_dir: Path | None) -> list[Any]:
-    if output_dir is None:
-        return []
-    from avalanche.logging import TextLogger
+def _close_loggers(evaluator: EvaluationPlugin) -> None:
+    for avalanche_logger in evaluator.loggers:
+        handle = getattr(avalanche_logger, "file", None)
+        if handle is not None and hasattr(handle, "close") and handle not in (sys.stdout, sys.stderr):
+            handle.close()
 
-    output_dir.mkdir(parents=True, exist_ok=True)
-    return [TextLogger(open(output_dir / "avalanche.log", "a", encoding="utf-8"))]  # noqa: SIM115
+
+def _avalanche_loggers(output_dir: Path | None) -> list[Any]:
+    loggers: list[Any] = [LoggingMetricsLogger()]
+    if output_dir is not None:
+        from avalanche.logging import TextLogger
+
+        output_dir.mkdir(parents=True, exist_ok=True)
+        loggers.append(TextLogger(open(output_dir / "avalanche.log", "a", encoding="utf-8")))  # noqa: SIM115
+    return loggers

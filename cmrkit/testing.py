@@ -65,8 +65,9 @@ def synthetic_vocabulary(models_per_experience: int = 6) -> list[str]:
     return SPECIAL_TOKENS + sorted(words)
 
 
-def make_tiny_encoder(directory: Path, *, hidden_size: int = 32, seed: int = 0,
-                      models_per_experience: int = 6) -> Path:
+def make_tiny_encoder(
+    directory: Path, *, hidden_size: int = 32, seed: int = 0, models_per_experience: int = 6
+) -> Path:
     """Write a randomly initialised 1-layer BERT and its tokenizer to ``directory``.
 
     Returns the directory, which ``QueryEncoder(name=str(directory))`` loads like any local model.
@@ -77,16 +78,20 @@ def make_tiny_encoder(directory: Path, *, hidden_size: int = 32, seed: int = 0,
     directory.mkdir(parents=True, exist_ok=True)
     vocab = synthetic_vocabulary(models_per_experience)
     (directory / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    # transformers 5 takes the vocabulary as `vocab` (a mapping or a file path), not `vocab_file`;
-    # there BertTokenizer is the fast tokenizer (BertTokenizerFast is the same class in 5.25).
+    # transformers 5 takes the vocabulary as `vocab` (a mapping or a file path), not `vocab_file`.
+    # Its BertTokenizer is the fast tokenizer: BertTokenizerFast is the same class in 5.25.
     word_ids = {token: index for index, token in enumerate(vocab)}
     tokenizer = BertTokenizer(vocab=word_ids, do_lower_case=True)
     tokenizer.save_pretrained(directory)
 
     torch.manual_seed(seed)
     config = BertConfig(
-        vocab_size=len(vocab), hidden_size=hidden_size, num_hidden_layers=1, num_attention_heads=2,
-        intermediate_size=2 * hidden_size, max_position_embeddings=64,
+        vocab_size=len(vocab),
+        hidden_size=hidden_size,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=2 * hidden_size,
+        max_position_embeddings=64,
     )
     BertModel(config).save_pretrained(directory)
     return directory
@@ -124,9 +129,7 @@ def write_synthetic_cmrbench(
             models += [(experience - 1, index) for index in range(recurring_models)]
         for split, count in (("val", train_prompts_per_model), ("eval", test_prompts_per_model)):
             rows = [
-                _synthetic_row(experience, owner, index, rng)
-                for owner, index in models
-                for _ in range(count)
+                _synthetic_row(experience, owner, index, rng) for owner, index in models for _ in range(count)
             ]
             rng.shuffle(rows)
             lines = "".join(json.dumps(row) + "\n" for row in rows)
@@ -176,8 +179,9 @@ def _synthetic_card(experience: int, index: int) -> dict[str, Any]:
     }
 
 
-def tiny_run_config(encoder: Path, data_dir: Path, overrides: list[str] | None = None,
-                    **build_kwargs: Any) -> Any:
+def tiny_run_config(
+    encoder: Path, data_dir: Path, overrides: list[str] | None = None, **build_kwargs: Any
+) -> Any:
     """A run config for quick tests: the tiny encoder, the synthetic data, one epoch, no bars."""
     from cmrkit.config import build_config
 
@@ -247,14 +251,16 @@ def quick_run_config(
 ) -> DictConfig:
     """A :func:`tiny_run_config` for ``strategy`` and ``plugins`` with their option defaults.
 
-    The option dataclasses of every strategy and training plugin that ``manager`` knows are merged
+    The option dataclasses of every strategy and training plugin that ``manager`` provides are merged
     in (as ``cmrkit run`` does), so ``overrides`` may set ``strategies.<name>.*`` and
     ``plugins.<name>.*`` keys and typos in them are rejected.
     """
     manager = manager if manager is not None else load_plugin_manager()
     selected = [f"run.strategy={strategy}", f"run.plugins=[{','.join(plugins)}]"]
     return tiny_run_config(
-        encoder, data_dir, [*selected, *overrides],
+        encoder,
+        data_dir,
+        [*selected, *overrides],
         strategy_classes={name: info.config_class for name, info in manager.strategies().items()},
         plugin_classes={name: info.config_class for name, info in manager.training_plugins().items()},
     )
@@ -297,7 +303,9 @@ def make_run_context(config: DictConfig, manager: CmrkitPluginManager | None = N
     seed_everything(int(config.run.seed))
     benchmark = load_benchmark(config)
     return RunContext(
-        config=config, benchmark=benchmark, registry=benchmark.registry,
+        config=config,
+        benchmark=benchmark,
+        registry=benchmark.registry,
         device=torch.device(str(config.run.device)),
         plugin_manager=manager if manager is not None else load_plugin_manager(),
     )
@@ -367,11 +375,20 @@ def cmrkit_run(
     Runs with the ``cmrkit_plugin_manager`` of the test, so plugins registered there take part.
     """
 
-    def run(strategy: str = "naive", plugins: Sequence[str] = (), overrides: Sequence[str] = (),
-            output_dir: Path | None = None) -> RunResult:
+    def run(
+        strategy: str = "naive",
+        plugins: Sequence[str] = (),
+        overrides: Sequence[str] = (),
+        output_dir: Path | None = None,
+    ) -> RunResult:
         return run_quick_experiment(
-            cmrkit_tiny_encoder, cmrkit_synthetic_data, strategy=strategy, plugins=plugins,
-            overrides=overrides, manager=cmrkit_plugin_manager, output_dir=output_dir,
+            cmrkit_tiny_encoder,
+            cmrkit_synthetic_data,
+            strategy=strategy,
+            plugins=plugins,
+            overrides=overrides,
+            manager=cmrkit_plugin_manager,
+            output_dir=output_dir,
         )
 
     return run

@@ -10,8 +10,9 @@ then adds
 to the loss. Rows of models new in the experience are not anchored. The encoder is not anchored
 either. Source: "Continual Model Routing in Evolving Model Hubs" (Bell, Carfì, Gramaglia,
 Lomonaco, ICML 2026), which uses lambda_emb = 1e4 and lambda_proj = 5e4 for a 7B LLM encoder
-with a 1024-d router. The defaults here are sized for the MiniLM router; docs/carve.md gives the
-measurements behind them.
+with a 1024-d router. cmrkit keeps those values for its MiniLM router (256-d): on a CMRBench
+slice they forgot least of the weights tried, and weaker projection weights let the projection
+drift. docs/carve.md gives the reasons and the measurements.
 """
 
 from __future__ import annotations
@@ -46,7 +47,9 @@ class AnchorConfig:
     )
     lambda_proj: float = field(
         default=DEFAULT_LAMBDA_PROJ,
-        metadata={"help": "Weight of the mean squared drift of the projection weight from its snapshot."},
+        metadata={
+            "help": "Weight of the mean squared drift of the projection weight from its snapshot."
+        },
     )
 
 
@@ -79,8 +82,9 @@ class AnchorLoss(nn.Module):
     Example:
         ::
 
-            anchor = AnchorLoss.from_router(router, labels=[0, 1, 2], lambda_emb=10.0, lambda_proj=100.0)
-            loss = anchor(router.head.weight, router.projection.weight)  # 0 right after the snapshot
+            anchor = AnchorLoss.from_router(router, [0, 1, 2], lambda_emb=10.0, lambda_proj=100.0)
+            # Zero right after the snapshot:
+            loss = anchor(router.head.weight, router.projection.weight)
     """
 
     labels: Tensor
@@ -88,15 +92,24 @@ class AnchorLoss(nn.Module):
     projection: Tensor
 
     def __init__(
-        self, labels: Sequence[int] | Tensor, rows: Tensor, projection: Tensor, *,
-        lambda_emb: float, lambda_proj: float,
+        self,
+        labels: Sequence[int] | Tensor,
+        rows: Tensor,
+        projection: Tensor,
+        *,
+        lambda_emb: float,
+        lambda_proj: float,
     ) -> None:
         super().__init__()
         labels_tensor = torch.as_tensor(labels, dtype=torch.long).flatten()
         if labels_tensor.numel() != rows.shape[0]:
-            raise ValueError(f"got {labels_tensor.numel()} labels but {rows.shape[0]} snapshot rows")
+            raise ValueError(
+                f"got {labels_tensor.numel()} labels but {rows.shape[0]} snapshot rows"
+            )
         if lambda_emb < 0 or lambda_proj < 0:
-            raise ValueError(f"invalid anchor weights {lambda_emb}, {lambda_proj}: they must be 0 or more")
+            raise ValueError(
+                f"invalid anchor weights {lambda_emb}, {lambda_proj}: they must be 0 or more"
+            )
         self.register_buffer("labels", labels_tensor.to(rows.device))
         self.register_buffer("rows", rows.detach().clone())
         self.register_buffer("projection", projection.detach().clone())
@@ -110,8 +123,11 @@ class AnchorLoss(nn.Module):
         """Snapshot ``labels``' rows and the projection of ``router`` as they are now."""
         weight = router.head.weight.detach()
         return cls(
-            labels, weight[list(labels)], router.projection.weight.detach(),
-            lambda_emb=lambda_emb, lambda_proj=lambda_proj,
+            labels,
+            weight[list(labels)],
+            router.projection.weight.detach(),
+            lambda_emb=lambda_emb,
+            lambda_proj=lambda_proj,
         )
 
     def drift(self, rows: Tensor, projection: Tensor) -> tuple[Tensor, Tensor]:
@@ -133,15 +149,17 @@ class AnchorPlugin(SupervisedPlugin):
     """Avalanche plugin that adds :class:`AnchorLoss` to every training step after experience 1.
 
     Works with any strategy whose ``model`` is a :class:`cmrkit.router.Router`. The snapshot
-    is taken in ``before_training_exp``, which Avalanche calls after model adaptation, so the
-    head already has the experience's new rows; they are left out of the snapshot.
+    is taken in ``before_training_exp``, which Avalanche calls after model adaptation. The head
+    then already has the experience's new rows, and the snapshot leaves them out.
 
     Args:
         lambda_emb: See :class:`AnchorConfig`.
         lambda_proj: See :class:`AnchorConfig`.
     """
 
-    def __init__(self, lambda_emb: float = DEFAULT_LAMBDA_EMB, lambda_proj: float = DEFAULT_LAMBDA_PROJ) -> None:
+    def __init__(
+        self, lambda_emb: float = DEFAULT_LAMBDA_EMB, lambda_proj: float = DEFAULT_LAMBDA_PROJ
+    ) -> None:
         super().__init__()
         self.lambda_emb = float(lambda_emb)
         self.lambda_proj = float(lambda_proj)
@@ -166,11 +184,11 @@ class AnchorPlugin(SupervisedPlugin):
         logger.info("anchoring %d old model rows and the projection", len(old))
 
     def old_labels(self, strategy: Any, router: Router) -> list[int]:
-        """Labels seen before the current experience.
+        """Return the labels seen before the current experience.
 
         They are the head's seen labels recorded at the end of the previous training
-        experience; when this plugin did not see that experience, the experience's
-        ``previous_classes`` (Avalanche's class timeline) that the head has rows for.
+        experience. If this plugin did not see that experience, they are the labels of the
+        experience's ``previous_classes`` (Avalanche's class timeline) that the head has seen.
         """
         if self.seen_before is not None:
             return list(self.seen_before)
@@ -182,12 +200,13 @@ class AnchorPlugin(SupervisedPlugin):
         if self.anchor is None:
             return
         router = _router_of(strategy)
-        rows, projection = router.head.weight, router.projection.weight
-        strategy.loss = strategy.loss + self.anchor(rows, projection)
+        anchor = self.anchor
+        row_drift, projection_drift = anchor.drift(router.head.weight, router.projection.weight)
+        penalty = anchor.lambda_emb * row_drift + anchor.lambda_proj * projection_drift
+        strategy.loss = strategy.loss + penalty
 
-        row_drift, projection_drift = self.anchor.drift(rows.detach(), projection.detach())
-        self._drift_sums[0] += float(row_drift)
-        self._drift_sums[1] += float(projection_drift)
+        self._drift_sums[0] += float(row_drift.detach())
+        self._drift_sums[1] += float(projection_drift.detach())
         self._steps += 1
 
     def after_training_exp(self, strategy: Any, **kwargs: Any) -> None:
@@ -196,7 +215,8 @@ class AnchorPlugin(SupervisedPlugin):
             logger.info(
                 "anchor over the experience: mean row drift (1 - cos) %.2e, mean projection drift "
                 "(squared) %.2e",
-                self._drift_sums[0] / self._steps, self._drift_sums[1] / self._steps,
+                self._drift_sums[0] / self._steps,
+                self._drift_sums[1] / self._steps,
             )
 
 
@@ -204,7 +224,8 @@ def _router_of(strategy: Any) -> Router:
     model = strategy.model
     if not isinstance(model, Router):
         raise TypeError(
-            f"the anchor plugin needs a cmrkit Router as the strategy's model, got {type(model).__name__}"
+            "the anchor plugin needs a cmrkit Router as the strategy's model, got "
+            f"{type(model).__name__}"
         )
     return model
 
@@ -215,7 +236,9 @@ def _experience_index(strategy: Any) -> int:
 
 def build_anchor(options: Any, context: RunContext) -> list[SupervisedPlugin]:
     """Build the ``anchor`` plugin from its ``plugins.anchor`` options."""
-    return [AnchorPlugin(lambda_emb=float(options.lambda_emb), lambda_proj=float(options.lambda_proj))]
+    return [
+        AnchorPlugin(lambda_emb=float(options.lambda_emb), lambda_proj=float(options.lambda_proj))
+    ]
 
 
 @hookimpl

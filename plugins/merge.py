@@ -68,9 +68,9 @@ class LoraMergePlugin(SupervisedPlugin):
     Args:
         method: ``"ties"``, ``"dare_ties"`` or ``"linear"``.
         density: Fraction of weights kept by ``ties`` and ``dare_ties``; ignored by ``linear``.
-        weight: Weight of every adapter in the merge; ``None`` means 1.0 for ``ties`` and
-            ``dare_ties`` (whose merge averages the kept values) and ``1/n`` for ``linear`` (a
-            weighted sum).
+        weight: Weight of every adapter in the merge. ``None`` means 1.0 for ``ties`` and
+            ``dare_ties``, whose merge averages the kept values, and ``1/n`` for ``linear``,
+            which sums the weighted adapters.
         lora: LoRA settings for the adapters when the encoder has none yet.
         majority_sign_method: Sign election of ``ties`` and ``dare_ties``.
 
@@ -133,7 +133,9 @@ class LoraMergePlugin(SupervisedPlugin):
         if MERGED_ADAPTER in backbone.peft_config:
             backbone.delete_adapter(MERGED_ADAPTER)
         count = len(self.trained_adapters)
-        weight = self.weight if self.weight is not None else (1.0 / count if self.method == "linear" else 1.0)
+        weight = self.weight
+        if weight is None:
+            weight = 1.0 / count if self.method == "linear" else 1.0
         backbone.add_weighted_adapter(
             adapters=list(self.trained_adapters),
             weights=[weight] * count,
@@ -153,7 +155,7 @@ class LoraMergePlugin(SupervisedPlugin):
 
         encoder = strategy.router.encoder
         if not isinstance(encoder.backbone, PeftModel):
-            logger.info("merge: encoder.lora.enabled is false; wrapping the encoder with LoRA (r=%s)", self.lora.r)
+            logger.info("merge: encoder.lora.enabled is false; adding LoRA (r=%s)", self.lora.r)
             encoder.enable_lora(self.lora)
         return encoder.backbone
 

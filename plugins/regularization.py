@@ -10,8 +10,8 @@ Where the wrappers change Avalanche's behaviour, the reason is given at the over
   ``ewc_lambda * sum(F * (theta - theta_old) ** 2)`` on later experiences. Only the parameters
   the strategy's optimizer updates are tracked; head rows added later start with zero importance.
 - LwF (Li and Hoiem, "Learning without Forgetting", ECCV 2016): a copy of the router after each
-  experience is the teacher; ``alpha * KL(teacher || student)`` at temperature ``temperature``
-  is added over the logits of the models of earlier experiences. Those rows are seen in both
+  experience is the teacher. The loss gains ``alpha * KL(teacher || student)`` at temperature
+  ``temperature``, computed over the logits of the models of earlier experiences. Those rows are seen in both
   routers, so their logits are finite even though unseen rows are ``-inf``.
 """
 
@@ -90,9 +90,9 @@ class RoutingEWCPlugin(EWCPlugin):
         """Penalty added to the loss of the latest minibatch (already multiplied by lambda)."""
 
     def before_backward(self, strategy: Any, **kwargs: Any) -> None:
-        # Avalanche pads grown parameters with ParamData.expand, which indexes with a list (an
-        # indexing form torch deprecates); slicing the current tensor to the saved shape instead
-        # gives the same penalty, because rows added later have zero importance.
+        # Avalanche pads grown parameters with ParamData.expand, which indexes with a list, a form
+        # that torch deprecates. Slicing the current tensor to the saved shape gives the same
+        # penalty, because rows added later have zero importance.
         penalty = self.penalty(strategy)
         self.last_penalty = float(penalty.detach())
         strategy.loss += penalty
@@ -169,7 +169,7 @@ class RoutingEWCPlugin(EWCPlugin):
     @torch.no_grad()
     def update_importances(self, importances: dict[str, ParamData], t: int) -> None:
         # Avalanche's online update pairs old and new importances by position, which breaks when
-        # the set of optimised parameters changes (a new LoRA adapter); this one pairs by name.
+        # the set of optimised parameters changes (a new LoRA adapter). This one pairs by name.
         if self.mode == "separate" or t == 0:
             self.importances[t] = importances
             return
@@ -178,7 +178,8 @@ class RoutingEWCPlugin(EWCPlugin):
         merged: dict[str, ParamData] = {}
         for name, old in previous.items():
             if name not in importances:
-                merged[name] = ParamData(f"imp_{name}", init_tensor=self.decay_factor * old.data, device=old.device)
+                decayed_old = self.decay_factor * old.data
+                merged[name] = ParamData(f"imp_{name}", init_tensor=decayed_old, device=old.device)
         for name, current in importances.items():
             decayed = current.data.clone()
             if name in previous:
@@ -239,10 +240,8 @@ def _optimized_parameters(strategy: Any) -> dict[str, torch.nn.Parameter]:
 
 def build_ewc(options: Any, context: RunContext) -> list[RoutingEWCPlugin]:
     """Build the ``ewc`` plugin from ``plugins.ewc``."""
-    decay = options.decay_factor
-    return [RoutingEWCPlugin(
-        float(options.ewc_lambda), mode=str(options.mode), decay_factor=None if decay is None else float(decay),
-    )]
+    decay = None if options.decay_factor is None else float(options.decay_factor)
+    return [RoutingEWCPlugin(float(options.ewc_lambda), mode=str(options.mode), decay_factor=decay)]
 
 
 def build_lwf(options: Any, context: RunContext) -> list[RoutingLwFPlugin]:

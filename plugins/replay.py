@@ -1,14 +1,14 @@
 """``replay``: a buffer of earlier prompts mixed into later experiences with a larger loss weight.
 
-After each training experience the plugin asks a replay policy for a share of that experience's
-training prompts (``ratio`` times its size) and adds them to the buffer. In every later
+After each training experience a replay policy selects a share of that experience's training
+prompts (``ratio`` times its size), and the plugin adds them to the buffer. In every later
 experience the buffer is appended to the training data, each replayed sample carrying the loss
 weight ``weight`` and each new sample 1.0.
 
-Policies are looked up by name among those declared through the ``cmrkit_replay_policies`` hook;
-cmrkit declares ``random`` and ``domain_coreset`` (CARvE's structured replay, "Continual Model
-Routing in Evolving Model Hubs", Bell, Carfì, Gramaglia, Lomonaco, ICML 2026). A third-party
-policy subclasses :class:`ReplayPolicy` and is declared the same way.
+Policies are looked up by name among those declared through the ``cmrkit_replay_policies`` hook.
+cmrkit declares ``random`` and ``domain_coreset``, the structured replay of CARvE ("Continual
+Model Routing in Evolving Model Hubs", Bell, Carfì, Gramaglia, Lomonaco, ICML 2026). A
+third-party policy subclasses :class:`ReplayPolicy` and is declared the same way.
 """
 
 from __future__ import annotations
@@ -48,32 +48,50 @@ class ReplayConfig:
     """Options of the ``replay`` plugin, under ``plugins.replay.*``."""
 
     policy: str = field(
-        default="domain_coreset", metadata={"help": "Selection policy: random, domain_coreset or a plugin's."}
+        default="domain_coreset",
+        metadata={"help": "Selection policy: random, domain_coreset or a plugin's."},
     )
     ratio: float = field(
-        default=0.1, metadata={"help": "Buffer share of each finished experience, as a fraction of its training prompts."}
+        default=0.1,
+        metadata={
+            "help": "Buffer share of each finished experience, as a fraction of its training "
+            "prompts."
+        },
     )
     weight: float | None = field(
         default=None,
-        metadata={"help": "Loss weight of replayed prompts; null uses the policy's default "
-                  "(5.0 for domain_coreset, 1.0 for random)."},
+        metadata={
+            "help": "Loss weight of replayed prompts; null uses the policy's default "
+            "(5.0 for domain_coreset, 1.0 for random)."
+        },
     )
     domain_floor: int = field(
-        default=5, metadata={"help": "domain_coreset: minimum prompts per domain (when the budget allows)."}
+        default=5,
+        metadata={"help": "domain_coreset: minimum prompts per domain (when the budget allows)."},
     )
     per_model_cap: int = field(
-        default=3, metadata={"help": "domain_coreset: maximum prompts per model before the leftover fill."}
+        default=3,
+        metadata={"help": "domain_coreset: maximum prompts per model before the leftover fill."},
     )
     embedding_encoder: str | None = field(
         default=None,
-        metadata={"help": "Encoder of the fixed embedding space for coreset selection; null uses a "
-                  "frozen copy of the router's encoder taken before any training."},
+        metadata={
+            "help": "Encoder of the fixed embedding space for coreset selection; null uses a "
+            "frozen copy of the router's encoder taken before any training."
+        },
     )
-    embedding_batch_size: int = field(default=64, metadata={"help": "Prompts per batch when embedding candidates."})
-    seed: int | None = field(default=None, metadata={"help": "Seed of the policy's random choices; null uses run.seed."})
+    embedding_batch_size: int = field(
+        default=64, metadata={"help": "Prompts per batch when embedding candidates."}
+    )
+    seed: int | None = field(
+        default=None, metadata={"help": "Seed of the policy's random choices; null uses run.seed."}
+    )
     restore_from: str | None = field(
         default=None,
-        metadata={"help": f"Checkpoint folder or {BUFFER_FILE} file to load the buffer from before training."},
+        metadata={
+            "help": f"Checkpoint folder or {BUFFER_FILE} file to load the buffer from before "
+            "training."
+        },
     )
 
 
@@ -85,7 +103,7 @@ class ReplayCandidates:
     """One finished experience's training samples, offered to a replay policy.
 
     ``embed`` maps prompts into a fixed embedding space (by default the frozen initial encoder),
-    returning L2-normalised float rows ``[len(prompts), dim]`` on the CPU; results are cached.
+    returning L2-normalised float rows ``[len(prompts), dim]`` on the CPU. Results are cached.
     """
 
     prompts: list[str]
@@ -134,18 +152,18 @@ class DomainCoresetPolicy(ReplayPolicy):
     """CARvE's structured replay: domain quotas, a per-model cap, farthest-point sampling.
 
     1. Each domain's quota is its proportional share of the budget, raised to ``domain_floor``
-       and lowered to what the domain can supply under the cap (:func:`domain_quotas`). When
-       the quotas sum to more than the budget they are scaled down by largest remainder, ties
-       going to the domain that sorts first, so the floor holds only while
-       ``budget >= domain_floor * domains``.
+       and lowered to what the domain can supply under the cap. When the quotas sum to more
+       than the budget, the shares above the floors shrink first. So while
+       ``budget >= domain_floor * domains``, every domain gets at least ``domain_floor`` prompts
+       or all it can supply (:func:`domain_quotas`).
     2. Within each domain, farthest-point sampling in the fixed embedding space picks the quota,
        starting from the prompt nearest the domain's mean, with at most ``per_model_cap``
        prompts per model.
     3. Budget left unused (small quotas, caps) is filled by farthest-point sampling over all
        remaining prompts, first among models under the cap, then among all.
 
-    Replayed prompts weigh 5.0 by default, as in CARvE's code. Ties in every step go to the
-    lower index, so the selection does not depend on ``rng``.
+    Replayed prompts weigh 5.0 by default, as in the CARvE paper's code release. Ties in every
+    step go to the lower index, so the selection does not depend on ``rng``.
     """
 
     default_weight = 5.0
@@ -181,18 +199,27 @@ class DomainCoresetPolicy(ReplayPolicy):
         chosen: list[int] = []
         for domain in sorted(by_domain):
             chosen += farthest_point_sample(
-                embeddings, by_domain[domain], quotas[domain],
-                groups=candidates.labels, group_counts=per_model, cap=self.cap,
+                embeddings,
+                by_domain[domain],
+                quotas[domain],
+                groups=candidates.labels,
+                group_counts=per_model,
+                cap=self.cap,
             )
 
         for cap in (self.cap, None):  # first respect the cap, then use up what it left
             if len(chosen) >= budget:
                 break
-            taken = set(chosen)
-            remaining = [i for i in range(len(candidates)) if i not in taken]
+            already_chosen = set(chosen)
+            remaining = [i for i in range(len(candidates)) if i not in already_chosen]
             chosen += farthest_point_sample(
-                embeddings, remaining, budget - len(chosen), selected=chosen,
-                groups=candidates.labels, group_counts=per_model, cap=cap,
+                embeddings,
+                remaining,
+                budget - len(chosen),
+                selected=chosen,
+                groups=candidates.labels,
+                group_counts=per_model,
+                cap=cap,
             )
         return chosen
 
@@ -202,13 +229,17 @@ def capped_supply(labels: Sequence[int], cap: int) -> int:
     return sum(min(count, cap) for count in Counter(labels).values())
 
 
-def domain_quotas(sizes: dict[str, int], supply: dict[str, int], budget: int, floor: int) -> dict[str, int]:
+def domain_quotas(
+    sizes: dict[str, int], supply: dict[str, int], budget: int, floor: int
+) -> dict[str, int]:
     """Per-domain replay quotas: proportional share, at least ``floor``, at most ``supply``.
 
     ``want[d] = min(supply[d], max(floor, round(budget * sizes[d] / total)))``. If the wants
-    sum to more than ``budget``, the budget is split in proportion to them by largest remainder
-    (ties to the domain that sorts first), so no quota exceeds its want and the quotas sum to
-    ``budget``. Otherwise the wants are returned and the caller fills the rest.
+    fit the budget they are returned as they are (the caller fills what is left). Otherwise each
+    domain keeps its floor, ``min(floor, supply[d])``, and the rest of the budget is split in
+    proportion to ``want[d] - floor[d]``. When the floors alone exceed the budget, the budget is
+    split in proportion to the floors. Splits use largest remainders with ties going to the
+    domain that sorts first, so the quotas sum to ``budget`` and none exceeds its want.
     """
     total = sum(sizes.values())
     if total == 0 or budget <= 0:
@@ -217,17 +248,30 @@ def domain_quotas(sizes: dict[str, int], supply: dict[str, int], budget: int, fl
         domain: min(supply[domain], max(floor, math.floor(budget * size / total + 0.5)))
         for domain, size in sizes.items()
     }
-    want_total = sum(want.values())
-    if want_total <= budget:
+    if sum(want.values()) <= budget:
         return want
 
-    domains = sorted(want)
-    exact = {domain: budget * want[domain] / want_total for domain in domains}
-    quotas = {domain: int(exact[domain]) for domain in domains}
-    by_remainder = sorted(domains, key=lambda d: (-(exact[d] - quotas[d]), domains.index(d)))
-    for domain in by_remainder[: budget - sum(quotas.values())]:
-        quotas[domain] += 1
-    return quotas
+    floors = {domain: min(floor, supply[domain]) for domain in sizes}
+    if sum(floors.values()) >= budget:
+        return _apportion(budget, floors)
+    extra = _apportion(budget - sum(floors.values()), {d: want[d] - floors[d] for d in sizes})
+    return {domain: floors[domain] + extra[domain] for domain in sizes}
+
+
+def _apportion(total: int, weights: dict[str, int]) -> dict[str, int]:
+    """Split ``total`` in proportion to ``weights`` by largest remainder (``total <= sum``)."""
+    weight_sum = sum(weights.values())
+    if weight_sum == 0:
+        return dict.fromkeys(weights, 0)
+    names = sorted(weights)
+    exact = {name: total * weights[name] / weight_sum for name in names}
+    shares = {name: int(exact[name]) for name in names}
+    by_remainder = sorted(
+        names, key=lambda name: (-(exact[name] - shares[name]), names.index(name))
+    )
+    for name in by_remainder[: total - sum(shares.values())]:
+        shares[name] += 1
+    return shares
 
 
 def farthest_point_sample(
@@ -258,21 +302,25 @@ def farthest_point_sample(
         return []
     points = embeddings[pool]
     if selected:
-        score = -(points @ embeddings[list(selected)].T).max(dim=1).values  # minus the nearest cosine
+        score = (
+            -(points @ embeddings[list(selected)].T).max(dim=1).values
+        )  # minus the nearest cosine
     else:
-        score = points @ F.normalize(points.mean(dim=0), dim=0)  # the first pick is nearest the mean
+        score = points @ F.normalize(
+            points.mean(dim=0), dim=0
+        )  # the first pick is nearest the mean
 
     counts = group_counts if group_counts is not None else Counter()
-    taken = torch.zeros(len(pool), dtype=torch.bool)
+    picked_mask = torch.zeros(len(pool), dtype=torch.bool)
     picked: list[int] = []
     while len(picked) < count:
-        eligible = ~taken
+        eligible = ~picked_mask
         if groups is not None and cap is not None:
             eligible &= torch.tensor([counts[groups[i]] < cap for i in pool], dtype=torch.bool)
         if not bool(eligible.any()):
             break
         position = int(score.masked_fill(~eligible, float("-inf")).argmax())
-        taken[position] = True
+        picked_mask[position] = True
         picked.append(pool[position])
         if groups is not None:
             counts[groups[pool[position]]] += 1
@@ -284,11 +332,13 @@ def farthest_point_sample(
 
 BUILTIN_POLICIES: dict[str, ReplayPolicyInfo] = {
     "random": ReplayPolicyInfo(
-        name="random", policy_class=RandomReplayPolicy,
+        name="random",
+        policy_class=RandomReplayPolicy,
         description="Uniform sample of each experience; replay weight 1.0 by default.",
     ),
     "domain_coreset": ReplayPolicyInfo(
-        name="domain_coreset", policy_class=DomainCoresetPolicy,
+        name="domain_coreset",
+        policy_class=DomainCoresetPolicy,
         description="CARvE coreset: domain quotas with a floor, per-model cap, farthest-point "
         "sampling; replay weight 5.0 by default.",
     ),
@@ -315,7 +365,9 @@ def resolve_policy(name: str, options: Any, plugin_manager: Any = None) -> Repla
         )
     policy = info.policy_class(options)
     if not isinstance(policy, ReplayPolicy):
-        raise TypeError(f"replay policy {name!r} ({info.policy_class.__name__}) is not a ReplayPolicy subclass")
+        raise TypeError(
+            f"replay policy {name!r} ({info.policy_class.__name__}) is not a ReplayPolicy subclass"
+        )
     return policy
 
 
@@ -331,7 +383,9 @@ class FixedEmbedder:
         device: Device the encoder runs on; embeddings are returned on the CPU.
     """
 
-    def __init__(self, encoder: QueryEncoder, *, batch_size: int = 64, device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self, encoder: QueryEncoder, *, batch_size: int = 64, device: str | torch.device = "cpu"
+    ) -> None:
         self.encoder = encoder.to(device).eval()
         self.encoder.requires_grad_(False)
         self.batch_size = batch_size
@@ -416,7 +470,10 @@ class ReplayBuffer:
         if not isinstance(document, dict) or "entries" not in document:
             raise ValueError(f"invalid replay buffer {path}: no 'entries' list")
         if int(document.get("format_version", 0)) > BUFFER_FORMAT_VERSION:
-            raise ValueError(f"replay buffer {path} has format {document['format_version']}; upgrade cmrkit")
+            raise ValueError(
+                f"replay buffer {path} has format {document['format_version']}, newer than "
+                "this cmrkit reads. Upgrade cmrkit."
+            )
         entries = [BufferEntry(**entry) for entry in document["entries"]]
         if registry is not None:
             for entry in entries:
@@ -448,7 +505,9 @@ class WeightedSamples(Dataset[tuple[Any, int, float, int]]):
         return entry.prompt, entry.label, self.weight, 0
 
 
-def with_replay(current: Any, replayed: Sequence[BufferEntry], weight: float) -> ClassificationDataset:
+def with_replay(
+    current: Any, replayed: Sequence[BufferEntry], weight: float
+) -> ClassificationDataset:
     """Wrap the current training dataset and the replayed entries into one Avalanche dataset."""
     samples = WeightedSamples(current, replayed, weight)
     labels = [int(label) for label in current.targets] + [entry.label for entry in replayed]
@@ -462,7 +521,7 @@ def with_replay(current: Any, replayed: Sequence[BufferEntry], weight: float) ->
 
 
 def replay_budget(size: int, ratio: float) -> int:
-    """Buffer share of an experience with ``size`` training prompts: ``ratio * size``, rounded half up."""
+    """Return the buffer share of an experience: ``ratio * size``, rounded half up."""
     return int(math.floor(ratio * size + 0.5))
 
 
@@ -494,7 +553,11 @@ class RoutingReplayPlugin(SupervisedPlugin):
         super().__init__()
         self.config = config if config is not None else ReplayConfig()
         self.policy_name = str(self.config.policy) if policy is None else type(policy).__name__
-        self.policy = policy if policy is not None else resolve_policy(self.policy_name, self.config, plugin_manager)
+        self.policy = (
+            policy
+            if policy is not None
+            else resolve_policy(self.policy_name, self.config, plugin_manager)
+        )
         self.ratio = float(self.config.ratio)
         if not 0.0 <= self.ratio <= 1.0:
             raise ValueError(f"invalid plugins.replay.ratio {self.ratio}: it must be in [0, 1]")
@@ -522,7 +585,10 @@ class RoutingReplayPlugin(SupervisedPlugin):
         strategy.adapted_dataset = with_replay(current, self.buffer.entries, self.weight)
         logger.info(
             "experience %d trains on %d new and %d replayed prompts (replay weight %g)",
-            _experience_index(strategy) + 1, len(current), len(self.buffer), self.weight,
+            _experience_index(strategy) + 1,
+            len(current),
+            len(self.buffer),
+            self.weight,
         )
 
     def after_training_exp(self, strategy: Any, **kwargs: Any) -> None:
@@ -535,17 +601,28 @@ class RoutingReplayPlugin(SupervisedPlugin):
                 f"({len(set(picked))} distinct) for a budget of {budget}"
             )
         registry = self._registry(strategy)
-        self.buffer.add(
-            BufferEntry(
-                prompt=candidates.prompts[i], label=candidates.labels[i],
-                model_id=registry.model_id(candidates.labels[i]) if registry is not None else str(candidates.labels[i]),
-                domain=candidates.domains[i], family=candidates.families[i], experience=candidates.experience,
+        entries = []
+        for i in picked:
+            label = candidates.labels[i]
+            entries.append(
+                BufferEntry(
+                    prompt=candidates.prompts[i],
+                    label=label,
+                    model_id=registry.model_id(label) if registry is not None else str(label),
+                    domain=candidates.domains[i],
+                    family=candidates.families[i],
+                    experience=candidates.experience,
+                )
             )
-            for i in picked
-        )
+        self.buffer.add(entries)
         logger.info(
-            "replay buffer: added %d of %d prompts of experience %d (policy %s); it holds %d prompts",
-            len(picked), len(candidates), candidates.experience + 1, self.policy_name, len(self.buffer),
+            "replay buffer: added %d of %d prompts of experience %d (policy %s); "
+            "it now contains %d prompts",
+            len(picked),
+            len(candidates),
+            candidates.experience + 1,
+            self.policy_name,
+            len(self.buffer),
         )
 
     # Candidates and embeddings
@@ -556,7 +633,9 @@ class RoutingReplayPlugin(SupervisedPlugin):
         samples = [dataset[i] for i in range(len(dataset))]
         prompts = [sample[0] for sample in samples]
         if any(not isinstance(prompt, str) for prompt in prompts):
-            raise TypeError("the replay plugin needs text prompts; build the benchmark with inputs='text'")
+            raise TypeError(
+                "the replay plugin needs text prompts; build the benchmark with inputs='text'"
+            )
         labels = [int(sample[1]) for sample in samples]
 
         registry = self._registry(strategy)
@@ -566,8 +645,12 @@ class RoutingReplayPlugin(SupervisedPlugin):
         else:
             domains, families = ["unknown"] * len(labels), [str(label) for label in labels]
         return ReplayCandidates(
-            prompts=prompts, labels=labels, domains=domains, families=families,
-            experience=_experience_index(strategy), embed=self._embed(strategy),
+            prompts=prompts,
+            labels=labels,
+            domains=domains,
+            families=families,
+            experience=_experience_index(strategy),
+            embed=self._embed(strategy),
         )
 
     def _embed(self, strategy: Any) -> Callable[[list[str]], Tensor]:
@@ -586,8 +669,12 @@ class RoutingReplayPlugin(SupervisedPlugin):
             return FixedEmbedder(QueryEncoder(str(name)), batch_size=batch_size, device=device)
         # NOTE: a copy taken after training started (a plugin added mid-stream) embeds with
         # partly trained weights, so its space differs from a run that had replay throughout.
-        logger.info("replay: freezing a copy of the router's encoder as the coreset embedding space")
-        return FixedEmbedder.frozen_copy(strategy.model.encoder, batch_size=batch_size, device=device)
+        logger.info(
+            "replay: freezing a copy of the router's encoder as the coreset embedding space"
+        )
+        return FixedEmbedder.frozen_copy(
+            strategy.model.encoder, batch_size=batch_size, device=device
+        )
 
     def _registry(self, strategy: Any) -> Any:
         return self.registry if self.registry is not None else getattr(strategy, "registry", None)
@@ -599,7 +686,7 @@ class RoutingReplayPlugin(SupervisedPlugin):
         self.buffer.save(path, policy=self.policy_name, ratio=self.ratio, weight=self.weight)
 
     def load_buffer(self, path: str | Path) -> None:
-        """Replace the buffer with one saved by :meth:`save_buffer` (a file or a checkpoint folder)."""
+        """Replace the buffer with one saved by :meth:`save_buffer`, from a file or a folder."""
         self.buffer = ReplayBuffer.load(path, self.registry)
         logger.info("replay buffer restored from %s: %d prompts", path, len(self.buffer))
 
@@ -616,7 +703,9 @@ def _option(options: Any, key: str, default: Any) -> Any:
 def build_replay(options: Any, context: RunContext) -> list[SupervisedPlugin]:
     """Build the ``replay`` plugin and register its buffer as a checkpoint extra."""
     plugin = RoutingReplayPlugin(
-        options, registry=context.registry, plugin_manager=context.plugin_manager,
+        options,
+        registry=context.registry,
+        plugin_manager=context.plugin_manager,
         seed=int(context.config.run.seed),
     )
     context.state.setdefault("checkpoint_extras", {})[BUFFER_FILE] = plugin.save_buffer

@@ -71,6 +71,7 @@ class RoutingTemplate(SupervisedTemplate):
         self.collator = TextCollator(model.encoder)
         self.head_only_steps = 0
         self.exp_steps = 0
+        self._feature_cache: dict[bytes, Tensor] = {}
         placeholder = torch.optim.AdamW(model.parameters(), lr=float(train.lr_router))
         super().__init__(
             model=model,
@@ -128,7 +129,9 @@ class RoutingTemplate(SupervisedTemplate):
         adapted = super().model_adaptation(model)
         new = sorted(set(self.router.head.seen_labels()) - before)
         if new:
-            logger.info("experience %d adds %d models to the router", self._exp_index(), len(new))
+            logger.info("experience E%d adds %d models to the router", self._exp_index() + 1, len(new))
+            if self.registry is not None:
+                self.registry.notify_added(new, self._exp_index())
             if self.plugin_manager is not None:
                 self.plugin_manager.notify_models_added(self.registry, new, self._exp_index())
         return adapted
@@ -151,10 +154,39 @@ class RoutingTemplate(SupervisedTemplate):
 
     def forward(self) -> Tensor:
         if self.encoder_frozen_now():
-            with torch.no_grad():
-                features = self.mb_x if isinstance(self.mb_x, Tensor) else self.router.encoder(self.mb_x)
-            return self.router.head(self.router.embed(features))
+            return self.router.head(self.router.embed(self.frozen_features(self.mb_x)))
         return self.router(self.mb_x)
+
+    @torch.no_grad()
+    def frozen_features(self, batch: Any) -> Tensor:
+        """Encoder outputs without gradients, in eval mode (no dropout).
+
+        With ``train.freeze_encoder`` the encoder never changes during the run, so outputs are
+        cached per prompt (keyed by its token ids); every epoch after the first then skips the
+        encoder. Pre-computed feature tensors pass through unchanged.
+        """
+        if isinstance(batch, Tensor):
+            return batch
+        encoder = self.router.encoder
+        was_training = encoder.training
+        encoder.eval()
+        try:
+            if not self.settings.freeze_encoder:
+                return encoder(batch)
+            return self._cached_features(batch)
+        finally:
+            encoder.train(was_training)
+
+    def _cached_features(self, batch: Any) -> Tensor:
+        ids, mask = batch["input_ids"], batch["attention_mask"].bool()
+        keys = [ids[row][mask[row]].cpu().numpy().tobytes() for row in range(ids.shape[0])]
+        missing = [row for row, key in enumerate(keys) if key not in self._feature_cache]
+        if missing:
+            rows = torch.tensor(missing, device=ids.device)
+            computed = self.router.encoder({name: value[rows] for name, value in batch.items()})
+            for row, features in zip(missing, computed, strict=True):
+                self._feature_cache[keys[row]] = features
+        return torch.stack([self._feature_cache[key] for key in keys])
 
     def criterion(self) -> Tensor:
         losses = F.cross_entropy(self.mb_output, self.mb_y, reduction="none")

@@ -7,10 +7,10 @@ with cross-entropy over a candidate set per query rather than over every model. 
 replay parts of CARvE are the ``anchor`` and ``replay`` training plugins; the full method is
 ``--strategy carve --plugins anchor,replay``.
 
-Hard negatives come from a per-label cache: every ``mine_every`` steps, the strategy embeds the
-experience's training prompts (replayed ones included) with the current router and no
-gradients, averages them per label into class-mean query vectors, and keeps for each label the
-``hard_pool`` seen models whose rows score highest against that mean.
+Hard negatives come from a per-label cache that is rebuilt every ``mine_every`` steps. The
+strategy embeds the experience's training prompts (replayed ones included) with the current
+router and no gradients, and averages them per label into class-mean query vectors. For each
+label it keeps the ``hard_pool`` wrong seen models whose rows score highest against that mean.
 """
 
 from __future__ import annotations
@@ -51,27 +51,36 @@ class CarveConfig:
         default=64, metadata={"help": "Candidate set size K per query, the positive included."}
     )
     hard_negatives: int = field(
-        default=15, metadata={"help": "Hard negatives per candidate set (mined top-scoring wrong models)."}
+        default=15,
+        metadata={"help": "Hard negatives per candidate set (mined top-scoring wrong models)."},
     )
     semantic_negatives: int = field(
-        default=38, metadata={"help": "Negatives from the positive model's domain per candidate set."}
+        default=38,
+        metadata={"help": "Negatives from the positive model's domain per candidate set."},
     )
     far_negatives: int = field(
-        default=10, metadata={"help": "Negatives from other domains per candidate set; the rest is random fill."}
+        default=10,
+        metadata={
+            "help": "Negatives from other domains per candidate set; the rest is random fill."
+        },
     )
     hard_pool: int = field(
-        default=50, metadata={"help": "Mined wrong models kept per label; hard negatives are drawn from it."}
+        default=50,
+        metadata={"help": "Mined wrong models kept per label; hard negatives are drawn from it."},
     )
     mine_every: int = field(
-        default=100, metadata={"help": "Re-mine hard negatives every N training steps (and at step 0)."}
+        default=100,
+        metadata={"help": "Re-mine hard negatives every N training steps (and at step 0)."},
     )
     full_softmax: bool = field(
-        default=False, metadata={"help": "Use cross-entropy over all seen models instead of candidate sets."}
+        default=False,
+        metadata={"help": "Use cross-entropy over all seen models instead of candidate sets."},
     )
     head_only_fraction: float | None = field(
         default=0.4,
         metadata={
-            "help": "Fraction of each later experience's steps that train only projection and head; "
+            "help": "Fraction of each later experience's steps that train only projection "
+            "and head; "
             "null uses train.head_only_fraction."
         },
     )
@@ -109,15 +118,20 @@ class Carve(RoutingTemplate):
         self.hard_pool_size = int(options.hard_pool)
         self.mine_every = int(options.mine_every)
         if self.hard_pool_size < 0:
-            raise ValueError(f"invalid strategies.carve.hard_pool {self.hard_pool_size}: it must be 0 or more")
+            raise ValueError(
+                f"invalid strategies.carve.hard_pool {self.hard_pool_size}: it must be 0 or more"
+            )
         if self.mine_every < 1:
-            raise ValueError(f"invalid strategies.carve.mine_every {self.mine_every}: it must be at least 1")
+            raise ValueError(
+                f"invalid strategies.carve.mine_every {self.mine_every}: it must be at least 1"
+            )
         self.full_softmax = bool(options.full_softmax)
         fraction = options.head_only_fraction
         self.head_only_fraction = None if fraction is None else float(fraction)
         if self.head_only_fraction is not None and not 0.0 <= self.head_only_fraction <= 1.0:
             raise ValueError(
-                f"invalid strategies.carve.head_only_fraction {fraction}: it must be in [0, 1] or null"
+                f"invalid strategies.carve.head_only_fraction {fraction}: "
+                "it must be in [0, 1] or null"
             )
 
         super().__init__(model=model, train=train, **kwargs)
@@ -155,8 +169,10 @@ class Carve(RoutingTemplate):
                 logger.warning("no registry or domain ids given: far negatives become random fill")
             else:
                 logger.warning(
-                    "domain ids cover %d labels but the head has label %d: treating all models as one domain",
-                    domain_ids.numel(), max(seen),
+                    "domain ids cover %d labels but the head has label %d: "
+                    "treating all models as one domain",
+                    domain_ids.numel(),
+                    max(seen),
                 )
             domain_ids = torch.zeros(max(seen) + 1, dtype=torch.long)
         self.domain_index = DomainIndex(seen, domain_ids)
@@ -165,8 +181,14 @@ class Carve(RoutingTemplate):
         hard, semantic, far = self.mix.counts_for(size)
         logger.info(
             "experience %d: %s over %d seen models (K=%d: %d hard, %d semantic, %d far, %d fill)",
-            self._exp_index() + 1, "full softmax" if self.full_softmax else "candidate sets",
-            len(seen), size, hard, semantic, far, size - 1 - hard - semantic - far,
+            self._exp_index() + 1,
+            "full softmax" if self.full_softmax else "candidate sets",
+            len(seen),
+            size,
+            hard,
+            semantic,
+            far,
+            size - 1 - hard - semantic - far,
         )
 
     def make_optimizer(self, **kwargs: Any) -> None:
@@ -179,7 +201,11 @@ class Carve(RoutingTemplate):
     # -- training step ------------------------------------------------------------------------
 
     def forward(self) -> Tensor:
-        if self.is_training and self.uses_hard_negatives() and self.clock.train_exp_iterations % self.mine_every == 0:
+        if (
+            self.is_training
+            and self.uses_hard_negatives()
+            and self.clock.train_exp_iterations % self.mine_every == 0
+        ):
             self.refresh_hard_negatives()
         return super().forward()
 
@@ -189,12 +215,16 @@ class Carve(RoutingTemplate):
         if self.full_softmax or self.domain_index is None:
             return weighted_cross_entropy(self.mb_output, self.mb_y, self.mb_weights)
         candidates = sample_candidates(
-            self.mb_y, self.domain_index, self.mix, hard_pool=self.hard_pool, generator=self.generator
+            self.mb_y,
+            self.domain_index,
+            self.mix,
+            hard_pool=self.hard_pool,
+            generator=self.generator,
         )
         return self.candidate_loss(self.mb_output, candidates, self.mb_weights)
 
     def uses_hard_negatives(self) -> bool:
-        """Whether training samples hard negatives (candidate sets with a non-zero hard share)."""
+        """Return whether training samples hard negatives (candidate sets with a hard share)."""
         return not self.full_softmax and self.mix.hard > 0 and self.hard_pool_size > 0
 
     # -- hard-negative mining -----------------------------------------------------------------
@@ -205,14 +235,18 @@ class Carve(RoutingTemplate):
         started = time.perf_counter()
         queries, labels = self.class_mean_queries()
         head = self.router.head
-        pool = mine_hard_negatives(queries, labels, head.normalized_rows(), head.seen, self.hard_pool_size)
+        pool = mine_hard_negatives(
+            queries, labels, head.normalized_rows(), head.seen, self.hard_pool_size
+        )
 
         cache = torch.full((head.num_rows, self.hard_pool_size), -1, dtype=torch.long)
         cache[labels.cpu()] = pool
         self.hard_pool = cache
         logger.debug(
             "mined hard negatives for %d labels at step %d in %.1fs",
-            labels.numel(), self.clock.train_exp_iterations, time.perf_counter() - started,
+            labels.numel(),
+            self.clock.train_exp_iterations,
+            time.perf_counter() - started,
         )
 
     @torch.no_grad()
@@ -228,12 +262,17 @@ class Carve(RoutingTemplate):
         sums = torch.zeros(router.head.num_rows, router.dim, device=self.device)
         counts = torch.zeros(router.head.num_rows, device=self.device)
         loader = DataLoader(
-            self.adapted_dataset, batch_size=self.eval_mb_size, shuffle=False, collate_fn=self.collator
+            self.adapted_dataset,
+            batch_size=self.eval_mb_size,
+            shuffle=False,
+            collate_fn=self.collator,
         )
         try:
-            for batch in tqdm(loader, desc="mine hard negatives", leave=False, disable=not self.progress):
+            for batch in tqdm(
+                loader, desc="mine hard negatives", leave=False, disable=not self.progress
+            ):
                 features, targets = batch[0].to(self.device), batch[1].to(self.device)
-                sums.index_add_(0, targets, router.embed(features))
+                sums.index_add_(0, targets, router.embed(self.frozen_features(features)))
                 counts.index_add_(0, targets, torch.ones_like(targets, dtype=counts.dtype))
         finally:
             router.train(was_training)

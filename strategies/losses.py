@@ -2,7 +2,7 @@
 
 CARvE ("Continual Model Routing in Evolving Model Hubs", Bell, Carfì, Gramaglia, Lomonaco,
 ICML 2026) trains the router with cross-entropy over a fixed-size candidate set per query
-instead of a softmax over the whole registry. The set holds the positive model, hard negatives
+instead of a softmax over the whole registry. The set contains the positive model, hard negatives
 (the highest-scoring wrong models under the current router), semantic negatives (models of the
 positive's domain), far negatives (models of other domains) and random fill. The paper's code
 uses 64 = 1 + 15 + 38 + 10.
@@ -49,10 +49,13 @@ class CandidateMix:
             raise ValueError(f"invalid candidate set size {self.size}: it must be at least 1")
         for name in ("hard", "semantic", "far"):
             if getattr(self, name) < 0:
-                raise ValueError(f"invalid {name} negative count {getattr(self, name)}: it must be 0 or more")
+                raise ValueError(
+                    f"invalid {name} negative count {getattr(self, name)}: it must be 0 or more"
+                )
         if 1 + self.hard + self.semantic + self.far > self.size:
             raise ValueError(
-                f"invalid candidate mix: 1 positive + {self.hard} hard + {self.semantic} semantic + "
+                f"invalid candidate mix: 1 positive + {self.hard} hard + "
+                f"{self.semantic} semantic + "
                 f"{self.far} far negatives exceed the candidate set size {self.size}"
             )
 
@@ -103,10 +106,11 @@ class DomainIndex:
             raise ValueError("a domain index needs at least one seen label")
         if int(labels.max()) >= domain_ids.numel():
             raise ValueError(
-                f"label {int(labels.max())} has no domain id: domain_ids covers {domain_ids.numel()} labels"
+                f"label {int(labels.max())} has no domain id: "
+                f"domain_ids covers {domain_ids.numel()} labels"
             )
         self.labels = labels
-        """Seen labels in increasing order; position ``i`` is column ``i`` of the sampling tensors."""
+        """Seen labels in increasing order; label ``labels[i]`` is column ``i`` when sampling."""
         self.domains = domain_ids.to(torch.long).cpu()[labels]
         """Domain id of each seen label, aligned with :attr:`labels`."""
         self.column_of = torch.full((int(labels.max()) + 1,), -1, dtype=torch.long)
@@ -287,8 +291,9 @@ def mine_hard_negatives(
         ::
 
             rows = F.normalize(torch.randn(10, 8), dim=-1)
-            pool = mine_hard_negatives(rows[:2], torch.tensor([0, 1]), rows, torch.ones(10, dtype=torch.bool), 3)
-            # pool[0] holds the 3 rows other than 0 closest to row 0
+            seen = torch.ones(10, dtype=torch.bool)
+            pool = mine_hard_negatives(rows[:2], torch.tensor([0, 1]), rows, seen, pool_size=3)
+            # pool[0] contains the 3 rows other than 0 closest to row 0
     """
     num_rows = rows.shape[0]
     out = torch.full((queries.shape[0], pool_size), -1, dtype=torch.long)

@@ -1,7 +1,7 @@
 """Zero-shot retrieval over model cards: ``bm25`` and ``dense``. Neither strategy trains.
 
 Both strategies walk the stream like a trainable one, so their accuracy matrix and summary are
-comparable with every other strategy. ``train(experience)`` runs no epochs; it only adds the
+comparable with every other strategy. ``train(experience)`` runs no epochs. It only adds the
 experience's models to the candidate set. After experience ``i`` the candidates are the models
 of the training experiences ``1..i``, and every other model gets a ``-inf`` score, exactly as
 unseen rows do in a trained router's head.
@@ -9,16 +9,17 @@ unseen rows do in a trained router's head.
 - ``bm25`` scores the raw prompt text against each candidate's card text (model id, domain,
   functionality, description; see :meth:`cmrkit.data.registry.ModelCard.card_text`) with the
   ``bm25s`` package. Its minibatches carry the prompts as a :class:`PromptBatch` (a list of
-  strings) instead of a tokenised ``BatchEncoding``, because BM25 needs the words, and decoding
-  WordPiece ids back to text would lose case, rare words and everything past ``max_length``.
+  strings) instead of a tokenised ``BatchEncoding``, because BM25 needs the words. Decoding
+  WordPiece ids back to text would lose words mapped to ``[UNK]`` and everything past
+  ``max_length``.
   The index covers only the current candidates and is rebuilt whenever new models arrive, so
   its IDF statistics never include model cards from later experiences.
 - ``dense`` is a :class:`cmrkit.router.Router` whose projection is the identity and whose head
   rows are the encoder's L2-normalised pooled embeddings of the card texts, with ``tau = 1``, so
   a logit is the cosine between the prompt and the card. The encoder is ``encoder.name`` with
-  ``encoder.pooling`` (mean pooling for the default MiniLM) and no LoRA. Cards are truncated to
-  ``encoder.max_length`` tokens. Because it is a plain router, its checkpoint works with
-  ``cmrkit route``.
+  ``encoder.pooling`` (mean pooling for the default MiniLM) and no LoRA, and the ``router.*``
+  options do not apply. Cards are truncated to ``encoder.max_length`` tokens. Because it is a
+  plain router, its checkpoint works with ``cmrkit route``.
 
 The paper's dense baseline ("Continual Model Routing in Evolving Model Hubs", Bell et al.,
 ICML 2026) used BGE-M3 with a reranker; ``dense`` has no reranker.
@@ -111,6 +112,8 @@ class CandidateSet(DynamicModule):
     one more than the largest label added, and labels not added score ``-inf``.
     """
 
+    seen: Tensor
+
     def __init__(self) -> None:
         super().__init__()
         self.register_buffer("seen", torch.zeros(0, dtype=torch.bool))
@@ -188,8 +191,11 @@ class BM25Router(nn.Module):
         )
         columns = torch.tensor(labels, dtype=torch.long)
         for row, tokens in enumerate(queries):
-            if tokens:  # bm25s rejects an empty query; an empty one keeps score 0 everywhere
-                scores[row, columns] = torch.from_numpy(self._index.get_scores(list(tokens))).float()
+            # bm25s 0.3 turns a query without known words into [""], whose id lies past its score
+            # matrix, and it rejects an empty query. Such a query scores 0 for every candidate.
+            words = [token for token in tokens if token]
+            if words:
+                scores[row, columns] = torch.from_numpy(self._index.get_scores(words)).float()
             else:
                 scores[row, columns] = 0.0
         return scores.to(self.head.seen.device)
@@ -244,7 +250,7 @@ class RetrievalTemplate(RoutingTemplate):
         registry: Any = None,
     ) -> None:
         # RoutingTemplate.__init__ builds a tokenising collator and an AdamW over the model's
-        # parameters; a BM25 scorer has neither, so the attributes its methods read are set here.
+        # parameters. A BM25 scorer has neither, so the attributes its methods read are set here.
         self.settings = train
         self.progress = progress
         self.seed = seed
@@ -371,7 +377,7 @@ def save_bm25_checkpoint(directory: Path, model: BM25Router, registry: ModelRegi
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
 
-    meta = {
+    meta: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "kind": "bm25",
         "cmrkit_version": __version__,

@@ -44,7 +44,7 @@ class Cumulative(RoutingTemplate):
     """Retrain on all training data seen so far at every experience.
 
     The training dataset of experience ``i`` is the concatenation of the datasets of training
-    experiences ``0..i``, in stream order; plugins that add data (replay) add it on top.
+    experiences ``0..i``, in stream order. Plugins that add data (replay) add it on top.
     """
 
     def __init__(self, **kwargs: Any) -> None:

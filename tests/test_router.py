@@ -74,3 +74,23 @@ def test_encoder_truncates_to_max_length(cmrkit_tiny_encoder):
     encoder = QueryEncoder(str(cmrkit_tiny_encoder), max_length=5)
     batch = encoder.tokenize(["please " * 40])
     assert batch["input_ids"].shape[1] == 5
+
+
+def test_freeze_lower_layers_keeps_top_trainable(cmrkit_tiny_encoder):
+    encoder = QueryEncoder(str(cmrkit_tiny_encoder))
+    encoder.freeze_lower_layers(1)
+    trainable = {name for name, p in encoder.backbone.named_parameters() if p.requires_grad}
+    assert trainable
+    assert all(name.startswith("encoder.layer.0.") for name in trainable)
+
+
+def test_freeze_all_layers(cmrkit_tiny_encoder):
+    encoder = QueryEncoder(str(cmrkit_tiny_encoder))
+    encoder.freeze_lower_layers(0)
+    assert not any(p.requires_grad for p in encoder.backbone.parameters())
+
+
+def test_freeze_rejects_negative(cmrkit_tiny_encoder):
+    encoder = QueryEncoder(str(cmrkit_tiny_encoder))
+    with pytest.raises(ValueError, match="trainable_layers -1"):
+        encoder.freeze_lower_layers(-1)

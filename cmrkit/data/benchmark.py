@@ -312,8 +312,9 @@ def build_registry(records: StreamRecords, source: DataSource) -> tuple[ModelReg
     """Label every model id by first appearance and attach its model card.
 
     Experiences are visited in order, and within one, train records come before test records.
-    After each experience the new models get their first card from ``REGISTRY_RELPATH`` and
-    ``notify_added`` runs with the new labels.
+    After each experience the new models get their first card from ``REGISTRY_RELPATH``.
+    Listeners are not called here: a routing strategy calls ``notify_added`` when its router
+    gains the rows of an experience's new models.
 
     Returns:
         The registry and, per experience, the labels it added.
@@ -347,7 +348,6 @@ def build_registry(records: StreamRecords, source: DataSource) -> tuple[ModelReg
             model_id = registry.model_id(label)
             for card in cards[model_id]:
                 registry.set_card(model_id, card)
-        registry.notify_added(added, experience)
         new_labels.append(added)
 
     _log_registry_summary(registry, cards)

@@ -9,9 +9,9 @@ from collections import Counter
 
 import pytest
 import torch
-
 from cmrkit.cli import main
 from cmrkit.testing import ModelsAddedRecorder, synthetic_replay_candidates
+
 from cmrkit_example_plugin import hooks
 from cmrkit_example_plugin.round_robin import PerModelRoundRobin
 

@@ -38,9 +38,13 @@ def cmrkit_replay_policies() -> list[ReplayPolicyInfo]:
 def cmrkit_models_added(registry: ModelRegistry, labels: list[int], experience: int) -> None:
     """Log how many models experience ``experience`` (0-based) added, and the first few ids."""
     ids = [registry.model_id(label) for label in labels]
-    shown = ", ".join(ids[:MAX_LOGGED_IDS])
+    first_ids = ", ".join(ids[:MAX_LOGGED_IDS])
     more = f" and {len(ids) - MAX_LOGGED_IDS} more" if len(ids) > MAX_LOGGED_IDS else ""
     logger.info(
         "experience %d added %d models (%d in the registry): %s%s",
-        experience + 1, len(ids), len(registry), shown, more,
+        experience + 1,
+        len(ids),
+        len(registry),
+        first_ids,
+        more,
     )

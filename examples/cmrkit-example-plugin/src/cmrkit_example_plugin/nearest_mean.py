@@ -1,8 +1,8 @@
 """``nearest_mean``: a nearest-class-mean router over the frozen encoder.
 
 Each model's row in the router head is the mean router-space embedding (encoder, then the fixed
-random projection, then L2 normalisation) of every prompt the strategy has seen for that model;
-a prompt is routed to the rows with the highest cosine similarity. No weight is ever updated by
+random projection, then L2 normalisation) of every prompt the strategy has seen for that model.
+A prompt is routed to the rows with the highest cosine similarity. No weight is ever updated by
 a gradient, so earlier models are not forgotten, and a recurring model's row moves towards the
 mean of all its prompts: a nearest-class-mean classifier on a fixed pretrained encoder.
 
@@ -17,13 +17,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
-from torch import Tensor
-from tqdm.auto import tqdm
-
 from cmrkit.extensions import RunContext, StrategyInfo
 from cmrkit.runner import build_router
 from cmrkit.strategies.base import RoutingTemplate
+from omegaconf import OmegaConf
+from torch import Tensor
+from tqdm.auto import tqdm
 
 
 @dataclass
@@ -59,8 +58,9 @@ class NearestMean(RoutingTemplate):
     def training_epoch(self, **kwargs: Any) -> None:
         # Replaces the SGD epoch of RoutingTemplate: eval mode, so dropout does not blur the means.
         self.model.eval()
-        batches = tqdm(self.dataloader, desc=f"means E{self._exp_index() + 1}", leave=False,
-                       disable=not self.progress)
+        batches = tqdm(
+            self.dataloader, desc=f"means E{self._exp_index() + 1}", leave=False, disable=not self.progress
+        )
         for self.mbatch in batches:
             if self._stop_training:
                 break

@@ -11,11 +11,14 @@ from cmrkit.plugins.replay import ReplayCandidates, ReplayPolicy
 class PerModelRoundRobin(ReplayPolicy):
     """Models take turns giving one random prompt each until the budget is spent.
 
-    Every model of the finished experience gets ``budget // models`` or one more buffer slots
-    (fewer only when it has fewer prompts), so models with many training prompts do not crowd
-    out the rare ones as they do under uniform sampling. Which models get the extra slot of the
-    last round is random. Replayed prompts weigh 1.0 unless ``plugins.replay.weight`` says
-    otherwise. The policy needs no embeddings.
+    Slots are dealt one per model per round, so the models of the finished experience get
+    buffer counts that differ by at most one. The exception is a model with fewer prompts than
+    its share: it gives all it has, and the others take its turns. Models with many training
+    prompts therefore do not crowd out the rare ones as they do under uniform sampling. Which
+    models get a slot in the last, partial round is random.
+
+    Replayed prompts weigh 1.0 unless ``plugins.replay.weight`` sets another value, and the
+    policy needs no embeddings.
     """
 
     default_weight = 1.0
