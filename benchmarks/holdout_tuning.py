@@ -24,9 +24,8 @@ from avalanche.training.plugins import EvaluationPlugin
 
 from cmrkit.config import build_config
 from cmrkit.metrics import RoutingMetrics
-from cmrkit.runner import load_benchmark, seed_everything
+from cmrkit.runner import build_router, load_benchmark, seed_everything
 from cmrkit.strategies.naive import Naive
-from cmrkit.runner import build_router
 
 
 def holdout_scenario(benchmark: object, seed: int) -> object:
@@ -45,14 +44,23 @@ def evaluate(settings: list[str], data_dir: str, seed: int) -> dict[str, float]:
     benchmark = load_benchmark(config)
     scenario = holdout_scenario(benchmark, seed)
     metrics = RoutingMetrics(benchmark.registry.family_ids(), benchmark.registry.domain_ids(), ks=[1, 3])
-    strategy = Naive(model=build_router(config, benchmark.registry), train=config.train,
-                     evaluator=EvaluationPlugin(metrics, loggers=[]), progress=False, seed=seed)
+    strategy = Naive(
+        model=build_router(config, benchmark.registry),
+        train=config.train,
+        evaluator=EvaluationPlugin(metrics, loggers=[]),
+        progress=False,
+        seed=seed,
+    )
     started = time.perf_counter()
     strategy.train(scenario.train_stream[0])
     seconds = time.perf_counter() - started
     strategy.eval(scenario.test_stream)
-    return {"m_acc": metrics.matrix.final_average("m_acc"), "d_acc": metrics.matrix.final_average("d_acc"),
-            "d_acc_top3": metrics.matrix.final_average("d_acc_top3"), "train_seconds": round(seconds, 1)}
+    return {
+        "m_acc": metrics.matrix.final_average("m_acc"),
+        "d_acc": metrics.matrix.final_average("d_acc"),
+        "d_acc_top3": metrics.matrix.final_average("d_acc_top3"),
+        "train_seconds": round(seconds, 1),
+    }
 
 
 def main() -> int:

@@ -35,7 +35,10 @@ ROUTE_BATCHES = (1, 16, 64)
 def load_prompts(data_dir: Path | None, count: int) -> list[str]:
     """Real E1 and E4 test prompts from ``data_dir``, or synthetic prompts of similar length."""
     if data_dir is None:
-        return [f"I need a model that can translate document number {i} from Spanish into English" for i in range(count)]
+        return [
+            f"I need a model that can translate document number {i} from Spanish into English"
+            for i in range(count)
+        ]
     prompts: list[str] = []
     for name in ("apibench-hf", "hugging-bench-2"):
         path = data_dir / "data" / "processed" / f"cleaned-{name}-eval.json"
@@ -88,25 +91,34 @@ def main() -> int:
     parser.add_argument("--prompts", type=int, default=256, help="Prompts per throughput measurement.")
     args = parser.parse_args()
 
-    data_dir = args.data_dir or (Path(os.environ["CMRKIT_DATA_DIR"]) if "CMRKIT_DATA_DIR" in os.environ else None)
+    data_dir = args.data_dir or (
+        Path(os.environ["CMRKIT_DATA_DIR"]) if "CMRKIT_DATA_DIR" in os.environ else None
+    )
     prompts = load_prompts(data_dir, args.prompts)
     torch.manual_seed(0)
     router = Router(QueryEncoder("minilm", max_length=64), dim=256)
     router.head.add_labels(list(range(NUM_MODELS)))
     after_load = peak_rss_mib()
 
-    rows = [(f"route, batch {size}", f"{route_throughput(router, prompts, size):.0f} prompts/s") for size in ROUTE_BATCHES]
+    rows = [
+        (f"route, batch {size}", f"{route_throughput(router, prompts, size):.0f} prompts/s")
+        for size in ROUTE_BATCHES
+    ]
     step = train_step_seconds(router, prompts, batch_size=32)
     rows.append(("train step, batch 32, full fine-tuning", f"{step:.2f} s ({32 / step:.0f} prompts/s)"))
     rows.append(("peak memory after loading the router", f"{after_load:.0f} MiB"))
     rows.append(("peak memory after training steps", f"{peak_rss_mib():.0f} MiB"))
 
-    machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    machine = (
+        f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads"
+    )
     source = f"CMRBench test prompts from {data_dir}" if data_dir else "synthetic prompts"
     lines = [
         "# Speed and memory",
         "",
-        f"Measured by `python benchmarks/speed_memory.py` (`nox -s benchmarks`) on {time.strftime('%Y-%m-%d')}:",
+        "Measured by `python benchmarks/speed_memory.py` (`nox -s benchmarks`) on "
+        f"{time.strftime('%Y-%m-%d')}:",
         f"{machine}; MiniLM-L6 router with {NUM_MODELS} model rows, max length 64 tokens, {source}.",
         "Throughput is the median of 3 passes over the prompts; step time is the median of 5 steps.",
         "",

@@ -90,6 +90,9 @@ def save_checkpoint(
     (staging / "config.yaml").write_text(OmegaConf.to_yaml(config, resolve=True), encoding="utf-8")
     for name, writer in (extras or {}).items():
         writer(staging / name)
+    for path in staging.rglob("*"):
+        # Temporary-file writers create files readable by the owner only; a checkpoint is shared.
+        path.chmod(0o755 if path.is_dir() else 0o644)
 
     if directory.exists():
         shutil.rmtree(directory)
@@ -130,7 +133,11 @@ def load_checkpoint(directory: str | Path) -> tuple[Router, ModelRegistry, DictC
             f"({__version__}) reads; upgrade cmrkit"
         )
     if meta.get("kind", "router") != "router":
-        raise CheckpointError(f"checkpoint {directory} holds a {meta['kind']!r} router, not a trained router")
+        # NOTE: bm25 checkpoints store the registry and BM25 settings, but no loader rebuilds them yet.
+        raise CheckpointError(
+            f"checkpoint {directory} contains a {meta['kind']!r} index, which `cmrkit route` cannot "
+            "load; route with the checkpoint of a trained strategy or of the dense strategy"
+        )
     for name in ("router.safetensors", "registry.json", "config.yaml"):
         if not (directory / name).is_file():
             raise CheckpointError(f"checkpoint {directory} is incomplete: {name} is missing")

@@ -27,7 +27,7 @@ EXIT_INTERRUPTED = 130
 
 
 class UsageError(Exception):
-    """Invalid command-line input; the message says what to change."""
+    """Invalid command-line input; the message states what to change."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -176,17 +176,25 @@ def resolve_run_config(args: argparse.Namespace, manager: Any) -> DictConfig:
 def command_run(args: argparse.Namespace) -> int:
     """Train and evaluate one strategy; write metrics, plots, the log and a checkpoint."""
     from cmrkit.pm import load_plugin_manager
-    from cmrkit.runner import run_experiment
+    from cmrkit.runner import run_experiment, validate_config
 
     manager = load_plugin_manager()
     config = resolve_run_config(args, manager)
+    manager.strategy(str(config.run.strategy))
+    try:
+        manager.check_training_plugins([str(name) for name in config.run.plugins])
+    except ValueError as error:
+        raise UsageError(str(error)) from error
+    validate_config(config)
     if args.print_config:
         print(OmegaConf.to_yaml(config), end="")
         return 0
-    manager.strategy(str(config.run.strategy))
-    manager.check_training_plugins([str(name) for name in config.run.plugins])
 
     output_dir = _output_dir(config)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise UsageError(f"--output {output_dir} is a file; pass a folder")
+    if output_dir.is_dir() and any(output_dir.iterdir()):
+        logger.warning("output folder %s is not empty; files of an earlier run may remain", output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     config.run.output = str(output_dir)
     log_handler = _attach_file_log(output_dir / "run.log")
@@ -202,9 +210,14 @@ def command_run(args: argparse.Namespace) -> int:
             on_round_end=lambda partial: _write_round(output_dir, config, partial, written),
         )
     except KeyboardInterrupt:
-        logger.warning("interrupted; keeping the metrics of the finished experiences in %s", output_dir)
         partial = written.get("result")
-        if partial is not None:
+        if partial is None:
+            logger.warning("interrupted before the first experience finished; no metrics to keep")
+        else:
+            # The router is mid-experience, so its weights match none of the saved metrics rows:
+            # keep the metrics of the finished experiences and write no checkpoint.
+            logger.warning("interrupted; metrics of the finished experiences kept in %s, no checkpoint "
+                           "written", output_dir)
             _write_outputs(output_dir, config, partial, complete=False)
         raise
     finally:
@@ -261,6 +274,8 @@ def _write_outputs(output_dir: Path, config: DictConfig, result: Any, *, complet
     write_heatmaps(output_dir, result, title)
     (output_dir / "summary.md").write_text(summary_markdown(document), encoding="utf-8")
 
+    if not complete:
+        return
     router = getattr(result.strategy, "model", None)
     extras = result.context.state.get("checkpoint_extras", {})
     writer = result.context.state.get("checkpoint_writer")
@@ -311,21 +326,21 @@ def _configure_console_logging(verbose: bool) -> logging.Handler:
 def command_route(args: argparse.Namespace) -> int:
     """Route prompts from the command line or a file; print one JSON line per prompt."""
     from cmrkit.checkpoint import load_checkpoint
-    from cmrkit.route import read_prompts, route_prompts
+    from cmrkit.route import parse_prompt_lines, read_prompts, route_prompts
 
     if args.top_k < 1:
         raise UsageError(f"invalid --top-k {args.top_k}: it must be at least 1")
     prompts = [prompt for prompt in args.prompts if prompt.strip()]
-    if args.input == "-":
-        prompts += [line.strip() for line in sys.stdin if line.strip()]
-    elif args.input:
-        path = Path(args.input)
-        if not path.is_file():
-            raise UsageError(f"input file not found: {path}")
-        try:
-            prompts += list(read_prompts(path))
-        except ValueError as error:
-            raise UsageError(str(error)) from error
+    try:
+        if args.input == "-":
+            prompts += list(parse_prompt_lines(sys.stdin, source="<stdin>"))
+        elif args.input:
+            path = Path(args.input)
+            if not path.is_file():
+                raise UsageError(f"input file not found: {path}")
+            prompts += read_prompts(path)
+    except ValueError as error:
+        raise UsageError(str(error)) from error
     if not prompts:
         raise UsageError("no prompts: pass PROMPT arguments or --input FILE")
 

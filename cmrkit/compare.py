@@ -326,6 +326,7 @@ def run_comparison(
     comparison = Comparison(list(entries), list(seeds), variant=str(base.data.variant))
     benchmarks: dict[str, Any] = {}
 
+    _report_invalid_entries(entries, manager, config_file, overrides, seeds[0])
     plan = [(entry, seed) for entry in entries for seed in seeds]
     for entry, seed in tqdm(plan, desc="compare", disable=not bool(base.run.progress)):
         run_dir = output_dir / "runs" / entry.slug / f"seed-{seed}"
@@ -348,6 +349,22 @@ def run_comparison(
         if on_run_end is not None:
             on_run_end(comparison)
     return comparison
+
+
+def _report_invalid_entries(entries: Sequence[CompareEntry], manager: CmrkitPluginManager,
+                            config_file: str | Path | None, overrides: Sequence[str], seed: int) -> None:
+    """Log every entry whose names or options are invalid before the first run starts.
+
+    Those entries still fail in their turn (and appear in the table), but a typo in the last
+    entry of a long comparison is visible at once instead of hours later.
+    """
+    for entry in entries:
+        try:
+            config = _entry_config(manager, config_file, overrides, entry, seed)
+            manager.strategy(str(config.run.strategy))
+            manager.check_training_plugins([str(name) for name in config.run.plugins])
+        except Exception as error:  # reported here, raised again when the entry runs
+            logger.error("compare: entry %s is invalid and will fail: %s", entry.label, error)
 
 
 def _run_one(record: RunRecord, comparison: Comparison, manager: CmrkitPluginManager,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,28 +62,39 @@ def _clean(prompt: str) -> str:
     return strip_instruction_prefix(prompt.strip())
 
 
-def read_prompts(path: Path) -> Iterator[str]:
-    """Yield prompts from a file of JSON Lines with a ``prompt`` field, or of plain text lines.
-
-    A line that starts with ``{`` must be a JSON object with a string ``prompt``; anything else is
-    taken as plain text. Blank lines are skipped.
+def read_prompts(path: Path) -> list[str]:
+    """Read prompts from a UTF-8 file of JSON Lines with a ``prompt`` field, or of plain text lines.
 
     Raises:
-        ValueError: For a JSON line without a string ``prompt``, naming the file and line.
+        ValueError: For invalid UTF-8, or a JSON line without a string ``prompt``, naming the
+            file (and line).
     """
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            text = line.strip()
-            if not text:
-                continue
-            if not text.startswith("{"):
-                yield text
-                continue
-            try:
-                record = json.loads(text)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{number}: invalid JSON ({error.msg})") from error
-            prompt = record.get("prompt") if isinstance(record, dict) else None
-            if not isinstance(prompt, str) or not prompt.strip():
-                raise ValueError(f"{path}:{number}: missing or empty string field 'prompt'")
-            yield prompt
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return list(parse_prompt_lines(handle, source=str(path)))
+    except UnicodeDecodeError as error:
+        message = f"{path}: not UTF-8 text ({error.reason} at byte {error.start}); save it as UTF-8"
+        raise ValueError(message) from error
+
+
+def parse_prompt_lines(lines: Iterable[str], *, source: str) -> Iterator[str]:
+    """Yield prompts from lines of JSON objects with a ``prompt`` field, or of plain text.
+
+    A line that starts with ``{`` must be a JSON object with a string ``prompt``; anything else is
+    taken as plain text. Blank lines are skipped. ``source`` names the input in error messages.
+    """
+    for number, line in enumerate(lines, start=1):
+        text = line.strip()
+        if not text:
+            continue
+        if not text.startswith("{"):
+            yield text
+            continue
+        try:
+            record = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{source}:{number}: invalid JSON ({error.msg})") from error
+        prompt = record.get("prompt") if isinstance(record, dict) else None
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError(f"{source}:{number}: missing or empty string field 'prompt'")
+        yield prompt

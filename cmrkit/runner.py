@@ -141,6 +141,7 @@ def run_experiment(
             f"({', '.join(plugin_names)}) cannot apply; drop --plugins"
         )
 
+    validate_config(config)
     if config.run.threads:
         torch.set_num_threads(int(config.run.threads))
     seed_everything(int(config.run.seed))
@@ -180,6 +181,57 @@ def run_experiment(
         _close_loggers(evaluator)
     result.summary = _summary(metrics.matrix, meter, list(config.eval.top_k))
     return result
+
+
+def validate_config(config: DictConfig) -> None:
+    """Check option values that OmegaConf's types cannot, before any data is loaded.
+
+    Raises:
+        ConfigError: Naming the option, the bad value and a valid choice.
+    """
+    positive = {
+        "train.epochs": config.train.epochs,
+        "train.batch_size": config.train.batch_size,
+        "train.eval_batch_size": config.train.eval_batch_size,
+        "router.dim": config.router.dim,
+        "encoder.max_length": config.encoder.max_length,
+    }
+    for key, value in positive.items():
+        if int(value) < 1:
+            raise ConfigError(f"invalid {key}={value}: it must be at least 1")
+    for key in ("max_models_per_experience", "max_prompts_per_model"):
+        value = config.data[key]
+        if value is not None and int(value) < 1:
+            raise ConfigError(f"invalid data.{key}={value}: use a count of at least 1, or null for all")
+    for key in ("lr_encoder", "lr_router"):
+        if float(config.train[key]) <= 0:
+            raise ConfigError(f"invalid train.{key}={config.train[key]}: a learning rate must be positive")
+    if float(config.router.tau) <= 0:
+        raise ConfigError(f"invalid router.tau={config.router.tau}: the temperature must be positive")
+    if str(config.data.variant) not in ("lite", "full"):
+        raise ConfigError(f"invalid data.variant={config.data.variant}: use lite or full")
+    if not config.eval.top_k or min(int(k) for k in config.eval.top_k) < 1:
+        raise ConfigError(f"invalid eval.top_k={list(config.eval.top_k)}: use k values of at least 1")
+    _validate_device(str(config.run.device))
+    _validate_encoder_name(str(config.encoder.name))
+
+
+def _validate_device(name: str) -> None:
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ConfigError(f"invalid run.device={name}: {error}; use cpu or cuda:N") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"invalid run.device={name}: no CUDA device is available here; use run.device=cpu")
+
+
+def _validate_encoder_name(name: str) -> None:
+    # A name that starts like a path is meant as a local folder, never as a Hugging Face id.
+    if name.startswith((".", "/", "~")) and not Path(name).expanduser().is_dir():
+        raise ConfigError(
+            f"invalid encoder.name={name}: folder not found; pass an existing local folder, "
+            "a Hugging Face id, or minilm"
+        )
 
 
 def load_benchmark(config: DictConfig) -> Any:

@@ -16,7 +16,8 @@ def quick_args(encoder, data_dir, output):
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory, cmrkit_tiny_encoder, cmrkit_synthetic_data):
     output = tmp_path_factory.mktemp("cli") / "naive"
-    code = main(["run", "--strategy", "naive", *quick_args(cmrkit_tiny_encoder, cmrkit_synthetic_data, output)])
+    arguments = quick_args(cmrkit_tiny_encoder, cmrkit_synthetic_data, output)
+    code = main(["run", "--strategy", "naive", *arguments])
     assert code == 0
     return output
 
@@ -137,3 +138,46 @@ def test_print_config_shows_precedence(tmp_path, capsys):
     assert code == 0
     assert "epochs: 2" in text
     assert "batch_size: 5" in text
+
+
+def test_route_reads_jsonl_from_stdin(trained_run, monkeypatch, capsys):
+    import io
+
+    monkeypatch.setattr("sys.stdin", io.StringIO('{"prompt": "translate spanish"}\nplain prompt\n'))
+    code = main(["route", "--checkpoint", str(trained_run / "checkpoint"), "--input", "-"])
+    prompts = [json.loads(line)["prompt"] for line in capsys.readouterr().out.splitlines()]
+    assert code == 0
+    assert prompts == ["translate spanish", "plain prompt"]
+
+
+def test_route_non_utf8_file_named(trained_run, tmp_path, capsys):
+    source = tmp_path / "latin1.txt"
+    source.write_bytes(b"\xff\xfe caf\xe9\n")
+    code = main(["route", "--checkpoint", str(trained_run / "checkpoint"), "--input", str(source)])
+    assert code == EXIT_USAGE
+    assert "latin1.txt: not UTF-8" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("train.epochs=0", "train.epochs=0"),
+        ("train.batch_size=0", "train.batch_size=0"),
+        ("eval.top_k=[0]", "eval.top_k"),
+        ("data.variant=huge", "data.variant=huge"),
+        ("run.device=banana", "run.device=banana"),
+        ("encoder.name=/nonexistent/encoder", "encoder.name=/nonexistent/encoder"),
+        ("data.max_models_per_experience=0", "data.max_models_per_experience=0"),
+    ],
+)
+def test_run_rejects_bad_values_early(tmp_path, capsys, override, key):
+    code = main(["run", "--output", str(tmp_path / "out"), override])
+    assert code == EXIT_USAGE
+    assert key in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_run_repeated_plugin_is_usage_error(tmp_path, capsys):
+    code = main(["run", "--plugins", "anchor,anchor", "--output", str(tmp_path / "out")])
+    assert code == EXIT_USAGE
+    assert "more than once" in capsys.readouterr().err
