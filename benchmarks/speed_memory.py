@@ -111,7 +111,7 @@ def main() -> int:
 
     machine = (
         f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads"
+        f"{torch.get_num_threads()} threads, 1-minute load average {os.getloadavg()[0]:.1f} at the start"
     )
     source = f"CMRBench test prompts from {data_dir}" if data_dir else "synthetic prompts"
     lines = [

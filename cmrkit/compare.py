@@ -543,14 +543,18 @@ def plot_d_acc_over_stream(comparison: Comparison, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     names = comparison.experience_names or [f"E{i + 1}" for i in range(4)]
-    figure, axis = plt.subplots(figsize=(7.5, 4.5))
-    for entry in comparison.entries:
+    figure, axis = plt.subplots(figsize=(9, 4.8))
+    # 20 colours and 5 markers keep up to 100 entries apart; the default cycle repeats after 10.
+    colours = plt.get_cmap("tab20").colors
+    markers = "osD^v"
+    for index, entry in enumerate(comparison.entries):
         points = comparison.curve(entry)
         if not points:
             continue
         xs = [seen for seen, _ in points]
         means = [stat.mean for _, stat in points]
-        (line,) = axis.plot(xs, means, marker="o", label=entry.label)
+        (line,) = axis.plot(xs, means, marker=markers[(index // len(colours)) % len(markers)],
+                            color=colours[index % len(colours)], label=entry.label)
         stds = [stat.std for _, stat in points]
         if any(math.isnan(std) for std in stds):
             continue
@@ -569,7 +573,7 @@ def plot_d_acc_over_stream(comparison: Comparison, path: Path) -> Path:
     axis.set_title(f"D-Acc over the stream, CMRBench-{comparison.variant} (mean over seeds)")
     axis.grid(alpha=0.3)
     if axis.get_legend_handles_labels()[0]:
-        axis.legend(fontsize=8)
+        axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     figure.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(figure)
     return path
