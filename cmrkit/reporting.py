@@ -17,7 +17,11 @@ SUMMARY_ROWS = (
     ("M-Acc@3", "m_acc_top3"),
     ("F-Acc@3", "f_acc_top3"),
     ("D-Acc@3", "d_acc_top3"),
+    ("M-Acc@5", "m_acc_top5"),
+    ("F-Acc@5", "f_acc_top5"),
+    ("D-Acc@5", "d_acc_top5"),
     ("M-Acc@10", "m_acc_top10"),
+    ("F-Acc@10", "f_acc_top10"),
     ("D-Acc@10", "d_acc_top10"),
     ("M-forgetting", "m_forgetting"),
     ("F-forgetting", "f_forgetting"),
@@ -81,7 +85,7 @@ def write_heatmaps(output_dir: Path, result: Any, title: str) -> Path:
 
     names = [f"E{i + 1}" for i in range(len(result.experience_names))]
     figure, axes = plt.subplots(1, len(METRIC_KINDS), figsize=(4.2 * len(METRIC_KINDS), 3.8))
-    for axis, kind in zip(axes, METRIC_KINDS, strict=True):
+    for panel, (axis, kind) in enumerate(zip(axes, METRIC_KINDS, strict=True)):
         table = result.matrix.as_table(kind, len(names))
         image = axis.imshow(table, vmin=0, vmax=100, cmap="viridis")
         for i, row in enumerate(table):
@@ -99,7 +103,8 @@ def write_heatmaps(output_dir: Path, result: Any, title: str) -> Path:
         axis.set_xticks(range(len(names)), names)
         axis.set_yticks(range(len(names)), names)
         axis.set_xlabel("test experience")
-        axis.set_ylabel("after training on")
+        if panel == 0:  # the rows are shared, so one label keeps the panels apart
+            axis.set_ylabel("after training on")
         axis.set_title(f"{METRIC_LABELS[kind]} (%)")
     figure.colorbar(image, ax=axes, shrink=0.8)
     figure.suptitle(title)

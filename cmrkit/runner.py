@@ -142,6 +142,10 @@ def run_experiment(
         )
 
     validate_config(config)
+    if not config.run.progress:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
     if config.run.threads:
         torch.set_num_threads(int(config.run.threads))
     seed_everything(int(config.run.seed))
