@@ -126,7 +126,11 @@ def load_checkpoint(directory: str | Path) -> tuple[Router, ModelRegistry, DictC
             f"not a cmrkit checkpoint: {meta_path} is missing; pass the checkpoint folder that "
             "`cmrkit run` wrote (its output folder's checkpoint/ subfolder)"
         )
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        message = f"checkpoint file {meta_path} is damaged ({error}); rerun `cmrkit run`"
+        raise CheckpointError(message) from error
     if int(meta.get("format_version", 0)) > FORMAT_VERSION:
         raise CheckpointError(
             f"checkpoint {directory} has format {meta['format_version']}, newer than this cmrkit "
@@ -152,7 +156,13 @@ def load_checkpoint(directory: str | Path) -> tuple[Router, ModelRegistry, DictC
     router = Router(encoder, dim=int(meta["dim"]), tau=float(meta["tau"]))
     router.head.add_labels(list(range(int(meta["num_rows"]))))
     router.head.seen.zero_()
-    router.load_state_dict(load_file(str(directory / "router.safetensors")), strict=True)
+    weights_path = directory / "router.safetensors"
+    try:
+        state = load_file(str(weights_path))
+    except Exception as error:  # safetensors raises its own SafetensorError type for bad files
+        message = f"checkpoint file {weights_path} is damaged ({error}); rerun `cmrkit run`"
+        raise CheckpointError(message) from error
+    router.load_state_dict(state, strict=True)
     router.eval()
 
     registry = ModelRegistry.load(directory / "registry.json")

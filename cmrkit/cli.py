@@ -344,6 +344,8 @@ def command_route(args: argparse.Namespace) -> int:
     if not prompts:
         raise UsageError("no prompts: pass PROMPT arguments or --input FILE")
 
+    if args.output is not None and not args.output.parent.is_dir():
+        raise UsageError(f"--output {args.output}: folder {args.output.parent} not found")
     router, registry, _ = load_checkpoint(args.checkpoint)
     answers = route_prompts(router, registry, prompts, top_k=args.top_k)
     lines = "".join(json.dumps(answer, ensure_ascii=False) + "\n" for answer in answers)

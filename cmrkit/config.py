@@ -139,9 +139,13 @@ def build_config(
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
-            layers.append(OmegaConf.load(path))
+            loaded = OmegaConf.load(path)
         except (OmegaConfBaseException, OSError, ValueError, yaml.YAMLError) as error:
-            raise ConfigError(f"invalid config file {path}: {error}") from error
+            # YAML errors put the line and column on later lines, so the message is flattened.
+            raise ConfigError(f"invalid config file {path}: {' '.join(str(error).split())}") from error
+        if not isinstance(loaded, DictConfig):
+            raise ConfigError(f"invalid config file {path}: the top level must be a mapping of options")
+        layers.append(loaded)
     if overrides:
         bad = [item for item in overrides if "=" not in item]
         if bad:

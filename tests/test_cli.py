@@ -181,3 +181,13 @@ def test_run_repeated_plugin_is_usage_error(tmp_path, capsys):
     code = main(["run", "--plugins", "anchor,anchor", "--output", str(tmp_path / "out")])
     assert code == EXIT_USAGE
     assert "more than once" in capsys.readouterr().err
+
+
+def test_route_damaged_weights_named(trained_run, tmp_path, capsys):
+    import shutil
+
+    damaged = tmp_path / "checkpoint"
+    shutil.copytree(trained_run / "checkpoint", damaged)
+    (damaged / "router.safetensors").write_bytes(b"not a safetensors file")
+    assert main(["route", "--checkpoint", str(damaged), "hello"]) == EXIT_USAGE
+    assert "router.safetensors is damaged" in capsys.readouterr().err

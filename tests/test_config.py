@@ -79,3 +79,17 @@ def test_option_help_lists_nested_fields():
     keys = {row[0] for row in option_help(CmrkitConfig)}
     assert "encoder.lora.r" in keys
     assert "train.epochs" in keys
+
+
+def test_yaml_error_names_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  epochs: [1,\n")
+    with pytest.raises(ConfigError, match="line"):
+        build_config(file=path)
+
+
+def test_list_file_rejected(tmp_path):
+    path = tmp_path / "list.yaml"
+    path.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="list.yaml: the top level must be a mapping"):
+        build_config(file=path)
