@@ -545,7 +545,7 @@ def plot_d_acc_over_stream(comparison: Comparison, path: Path) -> Path:
     names = comparison.experience_names or [f"E{i + 1}" for i in range(4)]
     figure, axis = plt.subplots(figsize=(9, 4.8))
     # 20 colours and 5 markers keep up to 100 entries apart; the default cycle repeats after 10.
-    colours = plt.get_cmap("tab20").colors
+    colours = [plt.get_cmap("tab20")(step) for step in range(20)]
     markers = "osD^v"
     for index, entry in enumerate(comparison.entries):
         points = comparison.curve(entry)
