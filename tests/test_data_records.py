@@ -167,3 +167,10 @@ def test_package_exports_resolve():
 
     missing = [name for name in cmrkit.data.__all__ if getattr(cmrkit.data, name, None) is None]
     assert missing == []
+
+
+def test_truncated_line_reports_its_column():
+    from cmrkit.data.records import DataFormatError, parse_json_line
+
+    with pytest.raises(DataFormatError, match="column 10"):
+        parse_json_line(b'{"a": 1, \n', relpath="data/x.json", line=3)

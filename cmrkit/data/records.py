@@ -136,7 +136,9 @@ def parse_json_line(raw: bytes, *, relpath: str, line: int) -> dict[str, Any] | 
         DataFormatError: The line is not UTF-8, not valid JSON or not a JSON object.
     """
     try:
-        text = raw.decode("utf-8")
+        # Without the line break, a truncated line reports the column where it ends, not column 1
+        # of a following line.
+        text = raw.decode("utf-8").rstrip("\r\n")
     except UnicodeDecodeError as exc:
         raise DataFormatError(relpath, line, f"invalid UTF-8 ({exc.reason})") from exc
     if not text.strip():
