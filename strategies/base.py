@@ -48,12 +48,15 @@ class RoutingTemplate(SupervisedTemplate):
         seed: Seed of the training data order.
         plugin_manager: If given, notified through ``cmrkit_models_added`` when the head grows.
         registry: The model registry passed to ``cmrkit_models_added``.
+        collator: Collate function of both loaders; default a :class:`TextCollator` over
+            ``model.encoder``.
+        train_epochs: Epochs per experience; default ``train.epochs`` (retrieval passes 0).
     """
 
     def __init__(
         self,
         *,
-        model: Router,
+        model: nn.Module,
         train: Any,
         device: str | torch.device = "cpu",
         plugins: Sequence[Any] | None = None,
@@ -62,23 +65,32 @@ class RoutingTemplate(SupervisedTemplate):
         seed: int = 0,
         plugin_manager: Any = None,
         registry: Any = None,
+        collator: Any = None,
+        train_epochs: int | None = None,
     ) -> None:
         self.settings = train
         self.progress = progress
         self.seed = seed
         self.plugin_manager = plugin_manager
         self.registry = registry
-        self.collator = TextCollator(model.encoder)
+        if collator is None:
+            assert isinstance(model, Router), "a model without an encoder needs its own collator"
+            collator = TextCollator(model.encoder)
+        self.collator = collator
         self.head_only_steps = 0
         self.exp_steps = 0
         self._feature_cache: dict[bytes, Tensor] = {}
-        placeholder = torch.optim.AdamW(model.parameters(), lr=float(train.lr_router))
+
+        # make_optimizer builds the real optimizer per experience; Avalanche needs one now. A model
+        # without parameters (a BM25 scorer) never trains, so it gets none.
+        parameters = list(model.parameters())
+        placeholder = torch.optim.AdamW(parameters, lr=float(train.lr_router)) if parameters else None
         super().__init__(
             model=model,
             optimizer=placeholder,
             criterion=nn.CrossEntropyLoss(reduction="none"),
             train_mb_size=int(train.batch_size),
-            train_epochs=int(train.epochs),
+            train_epochs=int(train.epochs) if train_epochs is None else train_epochs,
             eval_mb_size=int(train.eval_batch_size),
             device=device,
             plugins=list(plugins or []),
@@ -255,3 +267,27 @@ class RoutingTemplate(SupervisedTemplate):
             self.eval(test_stream[: index + 1])
             if on_round_end is not None:
                 on_round_end(index)
+
+
+def build_routing_strategy(
+    template: type[RoutingTemplate], context: Any, plugins: list[Any], evaluator: Any, **options: Any
+) -> RoutingTemplate:
+    """Build ``template`` for a run with a fresh router from the run's config.
+
+    ``options`` are passed on to the template's constructor (for example ``carve=...``).
+    """
+    from cmrkit.runner import build_router
+
+    config = context.config
+    return template(
+        model=build_router(config, context.registry),
+        train=config.train,
+        device=context.device,
+        plugins=plugins,
+        evaluator=evaluator,
+        progress=bool(config.run.progress),
+        seed=int(config.run.seed),
+        plugin_manager=context.plugin_manager,
+        registry=context.registry,
+        **options,
+    )

@@ -29,8 +29,7 @@ from tqdm.auto import tqdm
 
 from cmrkit.extensions import RunContext, StrategyInfo
 from cmrkit.router import Router
-from cmrkit.runner import build_router
-from cmrkit.strategies.base import RoutingTemplate
+from cmrkit.strategies.base import RoutingTemplate, build_routing_strategy
 from cmrkit.strategies.losses import (
     CandidateCrossEntropyLoss,
     CandidateMix,
@@ -288,18 +287,9 @@ def build_carve(context: RunContext, plugins: list[Any], evaluator: Any) -> Carv
     options = strategies.get("carve") if "carve" in strategies else None
     if options is None:
         options = OmegaConf.structured(CarveConfig)
-    return Carve(
-        model=build_router(config, context.registry),
-        train=config.train,
-        carve=options,
-        device=context.device,
-        plugins=plugins,
-        evaluator=evaluator,
-        progress=bool(config.run.progress),
-        seed=int(config.run.seed),
-        plugin_manager=context.plugin_manager,
-        registry=context.registry,
-    )
+    strategy = build_routing_strategy(Carve, context, plugins, evaluator, carve=options)
+    assert isinstance(strategy, Carve)
+    return strategy
 
 
 STRATEGY = StrategyInfo(

@@ -10,8 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cmrkit.extensions import RunContext, StrategyInfo
-from cmrkit.runner import build_router
-from cmrkit.strategies.base import RoutingTemplate
+from cmrkit.strategies.base import RoutingTemplate, build_routing_strategy
 
 
 @dataclass
@@ -25,18 +24,9 @@ class Naive(RoutingTemplate):
 
 def build_naive(context: RunContext, plugins: list[Any], evaluator: Any) -> Naive:
     """Build the ``naive`` strategy for a run."""
-    config = context.config
-    return Naive(
-        model=build_router(config, context.registry),
-        train=config.train,
-        device=context.device,
-        plugins=plugins,
-        evaluator=evaluator,
-        progress=bool(config.run.progress),
-        seed=int(config.run.seed),
-        plugin_manager=context.plugin_manager,
-        registry=context.registry,
-    )
+    strategy = build_routing_strategy(Naive, context, plugins, evaluator)
+    assert isinstance(strategy, Naive)
+    return strategy
 
 
 STRATEGY = StrategyInfo(

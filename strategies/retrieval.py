@@ -39,7 +39,6 @@ import bm25s
 import torch
 from avalanche.models import DynamicModule
 from avalanche.training.plugins import EvaluationPlugin
-from avalanche.training.templates import SupervisedTemplate
 from bm25s.tokenization import Tokenizer
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
@@ -249,28 +248,18 @@ class RetrievalTemplate(RoutingTemplate):
         plugin_manager: Any = None,
         registry: Any = None,
     ) -> None:
-        # RoutingTemplate.__init__ builds a tokenising collator and an AdamW over the model's
-        # parameters. A BM25 scorer has neither, so the attributes its methods read are set here.
-        self.settings = train
-        self.progress = progress
-        self.seed = seed
-        self.plugin_manager = plugin_manager
-        self.registry = registry
-        self.collator = collator
-        self.head_only_steps = 0
-        self.exp_steps = 0
-        SupervisedTemplate.__init__(
-            self,
+        super().__init__(
             model=model,
-            optimizer=None,  # nothing is ever optimised: no epoch runs and make_optimizer is a no-op
-            criterion=nn.CrossEntropyLoss(reduction="none"),
-            train_mb_size=int(train.batch_size),
-            train_epochs=0,
-            eval_mb_size=int(train.eval_batch_size),
+            train=train,
             device=device,
-            plugins=list(plugins or []),
-            evaluator=evaluator if evaluator is not None else EvaluationPlugin(),
-            eval_every=-1,
+            plugins=plugins,
+            evaluator=evaluator,
+            progress=progress,
+            seed=seed,
+            plugin_manager=plugin_manager,
+            registry=registry,
+            collator=collator,
+            train_epochs=0,
         )
 
     @property

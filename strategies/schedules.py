@@ -24,8 +24,7 @@ from avalanche.benchmarks.scenarios.supervised import with_classes_timeline
 from avalanche.benchmarks.utils import concat_datasets
 
 from cmrkit.extensions import RunContext, StrategyInfo
-from cmrkit.runner import build_router
-from cmrkit.strategies.base import RoundCallback, RoutingTemplate
+from cmrkit.strategies.base import RoundCallback, RoutingTemplate, build_routing_strategy
 
 logger = logging.getLogger("cmrkit.strategies.schedules")
 
@@ -98,30 +97,14 @@ def joint_experience(train_stream: Sequence[Any]) -> Any:
     return with_classes_timeline(benchmark_from_datasets(train=[dataset])).train_stream[0]
 
 
-def _build(template: type[RoutingTemplate], context: RunContext, plugins: list[Any],
-           evaluator: Any) -> RoutingTemplate:
-    config = context.config
-    return template(
-        model=build_router(config, context.registry),
-        train=config.train,
-        device=context.device,
-        plugins=plugins,
-        evaluator=evaluator,
-        progress=bool(config.run.progress),
-        seed=int(config.run.seed),
-        plugin_manager=context.plugin_manager,
-        registry=context.registry,
-    )
-
-
 def build_cumulative(context: RunContext, plugins: list[Any], evaluator: Any) -> RoutingTemplate:
     """Build the ``cumulative`` strategy for a run."""
-    return _build(Cumulative, context, plugins, evaluator)
+    return build_routing_strategy(Cumulative, context, plugins, evaluator)
 
 
 def build_joint(context: RunContext, plugins: list[Any], evaluator: Any) -> RoutingTemplate:
     """Build the ``joint`` strategy for a run."""
-    return _build(Joint, context, plugins, evaluator)
+    return build_routing_strategy(Joint, context, plugins, evaluator)
 
 
 CUMULATIVE_STRATEGY = StrategyInfo(

@@ -18,8 +18,7 @@ from typing import Any
 
 import torch
 from cmrkit.extensions import RunContext, StrategyInfo
-from cmrkit.runner import build_router
-from cmrkit.strategies.base import RoutingTemplate
+from cmrkit.strategies.base import RoutingTemplate, build_routing_strategy
 from omegaconf import OmegaConf
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -96,20 +95,10 @@ class NearestMean(RoutingTemplate):
 
 def build_nearest_mean(context: RunContext, plugins: list[Any], evaluator: Any) -> NearestMean:
     """Build the ``nearest_mean`` strategy for a run."""
-    config = context.config
-    weighted = OmegaConf.select(config, "strategies.nearest_mean.weighted", default=True)
-    return NearestMean(
-        weighted=bool(weighted),
-        model=build_router(config, context.registry),
-        train=config.train,
-        device=context.device,
-        plugins=plugins,
-        evaluator=evaluator,
-        progress=bool(config.run.progress),
-        seed=int(config.run.seed),
-        plugin_manager=context.plugin_manager,
-        registry=context.registry,
-    )
+    weighted = OmegaConf.select(context.config, "strategies.nearest_mean.weighted", default=True)
+    strategy = build_routing_strategy(NearestMean, context, plugins, evaluator, weighted=bool(weighted))
+    assert isinstance(strategy, NearestMean)
+    return strategy
 
 
 STRATEGY = StrategyInfo(
