@@ -29,7 +29,7 @@ from cmrkit.strategies.naive import Naive
 
 
 def holdout_scenario(benchmark: object, seed: int) -> object:
-    """A one-experience scenario: 80% of E1's training prompts to train, 20% to evaluate."""
+    """Build a one-experience scenario: 80% of E1's training prompts to train, 20% to evaluate."""
     dataset = benchmark.train_stream[0].dataset
     indices = list(range(len(dataset)))
     random.Random(seed).shuffle(indices)

@@ -175,7 +175,7 @@ class QueryEncoder(nn.Module):
 
 
 def _transformer_layers(backbone: nn.Module) -> nn.ModuleList | None:
-    """The list of transformer blocks of a BERT-style (``encoder.layer``) or decoder model (``layers``)."""
+    """Find the transformer blocks of a BERT-style (``encoder.layer``) or decoder model (``layers``)."""
     for name, module in backbone.named_modules():
         if isinstance(module, nn.ModuleList) and (name.endswith("encoder.layer") or name.endswith("layers")):
             return module

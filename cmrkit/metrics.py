@@ -94,7 +94,7 @@ class AccuracyMatrix:
         return list(self.values)
 
     def last_row(self, key: str) -> dict[int, float]:
-        """The row of the last evaluated training experience, ``{test_exp: value}``."""
+        """Return the row of the last evaluated training experience, ``{test_exp: value}``."""
         rows = self.values.get(key, {})
         return rows[max(rows)] if rows else {}
 

@@ -525,7 +525,7 @@ class CmrkitPluginManager(pluggy.PluginManager):
         return {name: entry[1] for name, entry in sorted(self._table(REPLAY_POLICY).items())}
 
     def provider(self, kind: str, name: str) -> PluginRecord:
-        """The record of the plugin that declares ``kind`` ``name`` (e.g. ``"strategy"``, ``"naive"``)."""
+        """Return the record of the plugin that declares ``kind`` ``name`` (``"strategy"``, ``"naive"``)."""
         return self.records[self._table(kind)[name][0]]
 
     def strategy(self, name: str) -> StrategyInfo:

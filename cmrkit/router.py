@@ -1,7 +1,7 @@
 """The router network: query encoder, bias-free projection, and a growing model-embedding head.
 
 Scores are cosine similarities between the L2-normalised projected query and one learned
-embedding per model id, divided by a temperature ``tau``; this is the scoring rule of CARvE
+embedding per model id, divided by a temperature ``tau``. This is the scoring rule of CARvE
 ("Continual Model Routing in Evolving Model Hubs", Bell et al., ICML 2026), which every trainable
 cmrkit strategy shares so that strategies differ only in how they train.
 """

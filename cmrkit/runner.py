@@ -91,7 +91,7 @@ class TrainingMeter(SupervisedPlugin):
 
 @dataclass
 class RunResult:
-    """What one run produced.
+    """Outputs of one run.
 
     Attributes:
         matrix: Accuracy matrix per metric key (percent).

@@ -58,7 +58,7 @@ FILLER = ["please", "i", "need", "a", "model", "that", "can", "for", "my", "proj
 
 
 def synthetic_vocabulary(models_per_experience: int = 6) -> list[str]:
-    """Every word the synthetic prompts and model cards use, plus BERT's special tokens."""
+    """Return every word the synthetic prompts and model cards use, plus BERT's special tokens."""
     words = {word for _, keywords in DOMAINS for word in keywords} | set(FILLER)
     words |= {f"m{e}x{i}" for e in range(len(EXPERIENCES)) for i in range(models_per_experience)}
     words |= {token.lower() for domain, _ in DOMAINS for token in domain.split()}
@@ -182,7 +182,7 @@ def _synthetic_card(experience: int, index: int) -> dict[str, Any]:
 def tiny_run_config(
     encoder: Path, data_dir: Path, overrides: list[str] | None = None, **build_kwargs: Any
 ) -> Any:
-    """A run config for quick tests: the tiny encoder, the synthetic data, one epoch, no bars."""
+    """Build a run config for quick tests: the tiny encoder, the synthetic data, one epoch, no bars."""
     from cmrkit.config import build_config
 
     base = [
@@ -249,7 +249,7 @@ def quick_run_config(
     plugins: Sequence[str] = (),
     overrides: Sequence[str] = (),
 ) -> DictConfig:
-    """A :func:`tiny_run_config` for ``strategy`` and ``plugins`` with their option defaults.
+    """Build a :func:`tiny_run_config` for ``strategy`` and ``plugins`` with their option defaults.
 
     The option dataclasses of every strategy and training plugin that ``manager`` provides are merged
     in (as ``cmrkit run`` does), so ``overrides`` may set ``strategies.<name>.*`` and
@@ -352,10 +352,10 @@ def hashed_embeddings(prompts: Sequence[str], dim: int = 64) -> torch.Tensor:
 
 @pytest.fixture()
 def cmrkit_plugin_manager() -> Iterator[CmrkitPluginManager]:
-    """A plugin manager with cmrkit's own plugins, used by the CLI and runner during the test.
+    """Provide a plugin manager with cmrkit's own plugins, used by the CLI and runner during the test.
 
-    Register the plugin under test with ``cmrkit_plugin_manager.register_plugin(plugin)``; it is
-    unregistered at teardown. Installed third-party plugins are not loaded; call
+    Register the plugin under test with ``cmrkit_plugin_manager.register_plugin(plugin)``, and it
+    is unregistered at teardown. Installed third-party plugins are not loaded; call
     ``cmrkit_plugin_manager.load_entry_points(autoload=True)`` to test through an entry point.
     """
     manager = load_plugin_manager(autoload=False)

@@ -238,7 +238,7 @@ class RoutingTemplate(SupervisedTemplate):
     # -- helpers ------------------------------------------------------------------------------
 
     def encoder_frozen_now(self) -> bool:
-        """Whether the current step trains only the projection and head."""
+        """Return whether the current step trains only the projection and head."""
         if not self.is_training:
             return True
         if self.settings.freeze_encoder:
